@@ -1,0 +1,1 @@
+"""Sentinel: self-hosted security monitoring for connected city fleets."""

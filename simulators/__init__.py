@@ -1,0 +1,1 @@
+"""Simulated city fleets with labelled anomalies."""
