@@ -1,0 +1,136 @@
+"""The agent: one TaskGroup owns the long-lived tasks; shutdown is cancellation.
+
+MQTT reader ─► inbox ─► batch processor (decode · validate · store · score · alert)
+                             ├─► InfluxDB writer (batched, retried)
+                             └─► Alertmanager sink (immediate on change, periodic resend)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from sentinel.alerting.alertmanager import AlertmanagerSink
+from sentinel.alerting.alerts import AlertBook
+from sentinel.config import Config
+from sentinel.deadletter import DeadLetters
+from sentinel.decode import Decoder
+from sentinel.engine import Engine, build_instances
+from sentinel.httpserver import build_app
+from sentinel.inbox import Inbox
+from sentinel.ingest import MqttReader
+from sentinel.metrics import Metrics
+from sentinel.pipeline import AlertNotifier, Pipeline
+from sentinel.store.influx import InfluxHttp, InfluxWriter
+from sentinel.topics import TopicPattern
+
+log = structlog.get_logger(__name__)
+
+
+def build_decoder(config: Config) -> Decoder:
+    return Decoder(
+        config.validation,
+        TopicPattern.parse(config.mqtt.telemetry_topic),
+        TopicPattern.parse(config.mqtt.status_topic),
+    )
+
+
+class Agent:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.book = AlertBook(self.metrics)
+        dl = config.deadletter
+        self.deadletters = DeadLetters(dl.capacity, dl.path, dl.max_file_bytes)
+        self.decoder = build_decoder(config)
+        self.engine = Engine(build_instances(config.detectors))
+        self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
+        self.reader = MqttReader(
+            config.mqtt,
+            [self.decoder.telemetry.subscription, self.decoder.status.subscription],
+            self.inbox,
+            self.metrics,
+        )
+        self.http_ready = asyncio.Event()
+        self.pipeline: Pipeline | None = None
+        self.writer: InfluxWriter | None = None
+        self.internal_errors = 0
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "mqtt": self.reader.connected.is_set(),
+            "influxdb": self.writer is not None and self.writer.healthy,
+        }
+
+    async def run(self) -> None:
+        cfg = self.config
+        async with aiohttp.ClientSession() as session:
+            self.writer = InfluxWriter(
+                InfluxHttp(session, cfg.influxdb), cfg.influxdb, self.metrics
+            )
+            notifiers: list[AlertNotifier] = []
+            am: AlertmanagerSink | None = None
+            if cfg.alertmanager.url:
+                am = AlertmanagerSink(session, cfg.alertmanager, self.book, self.metrics)
+                notifiers.append(am)
+            self.pipeline = Pipeline(
+                decoder=self.decoder,
+                store=self.writer,
+                engine=self.engine,
+                book=self.book,
+                notifiers=notifiers,
+                metrics=self.metrics,
+                deadletters=self.deadletters,
+                max_devices=cfg.validation.max_devices,
+            )
+            runner = web.AppRunner(
+                build_app(self.metrics, self.readiness, self.book, self.deadletters),
+                access_log=None,
+            )
+            await runner.setup()
+            await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
+            self.http_ready.set()
+            log.info("agent_started", http=cfg.http.listen, detectors=len(self.engine.instances))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self.reader.run(), name="mqtt-reader")
+                    tg.create_task(self._process_forever(self.pipeline), name="batch-processor")
+                    tg.create_task(self.writer.run(), name="influx-writer")
+                    if am is not None:
+                        tg.create_task(am.run(), name="alertmanager-sink")
+            finally:
+                await self._drain(self.pipeline, self.writer, am)
+                await runner.cleanup()
+
+    async def _process_forever(self, pipeline: Pipeline) -> None:
+        linger = self.config.pipeline.batch_interval_s
+        while True:
+            batch = await self.inbox.take(linger)
+            await self._process(pipeline, batch)
+            self.metrics.queue_depth.labels("inbox").set(len(self.inbox))
+
+    async def _process(self, pipeline: Pipeline, batch: list[tuple[str, bytes]]) -> None:
+        try:
+            await pipeline.process(batch, time.time())
+        except Exception:
+            # A bug must not stop ingestion: the batch's data is already stored (the
+            # pipeline stores before it scores); log loudly and carry on.
+            self.internal_errors += 1
+            log.exception("batch_failed", size=len(batch))
+
+    async def _drain(
+        self, pipeline: Pipeline, writer: InfluxWriter, am: AlertmanagerSink | None
+    ) -> None:
+        """On shutdown: process what was received, write it, send the last alert changes."""
+        with contextlib.suppress(Exception):
+            while len(self.inbox):
+                await self._process(pipeline, await self.inbox.take(0))
+            left = await writer.flush()
+            if am is not None:
+                await am.flush()
+            log.info("agent_stopped", unwritten_points=left)

@@ -1,0 +1,266 @@
+"""One typed configuration, loaded from a TOML file with `SENTINEL_` environment overrides.
+
+Loaded and validated once at start; any wrong key or value fails with a message naming it.
+Environment overrides use `__` between levels: `SENTINEL_MQTT__URL=mqtt://host:1883`.
+Secrets come from `*_file` paths or the environment, never from the TOML file's text.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from detectors import registry
+from detectors.base import DetectorParams
+from detectors.model import KINDS
+from sentinel.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(value: SecretStr | None, path: Path | None, what: str) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError("secrets", [f"{what}: cannot read {path}: {exc.strerror}"]) from None
+
+
+class MqttConfig(_Section):
+    url: str = "mqtt://127.0.0.1:18830"
+    client_id: str = Field(default="sentinel-agent", min_length=1, max_length=64)
+    username: str | None = "sentinel-agent"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    telemetry_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/telemetry"
+    status_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/status"
+    qos: Literal[0, 1, 2] = 1
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    # A persistent session: the broker queues QoS 1 messages while the agent is away.
+    clean_session: bool = False
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def secret(self) -> str | None:
+        return _read_secret(self.password, self.password_file, "mqtt.password_file")
+
+
+class ValidationConfig(_Section):
+    max_payload_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+    max_metrics: int = Field(default=64, ge=1, le=1024)
+    max_future_s: float = Field(default=300.0, ge=0)
+    max_past_s: float = Field(default=7 * 86400.0, ge=0)
+    kinds: tuple[str, ...] = KINDS
+    # Device ids are attacker-controlled: beyond this many, new ids are rejected and
+    # counted, so InfluxDB series and detector state stay bounded.
+    max_devices: int = Field(default=200_000, ge=1)
+
+
+class InfluxConfig(_Section):
+    url: str = "http://127.0.0.1:18086"
+    database: str = Field(default="sentinel", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    username: str | None = "sentinel-agent"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0)
+    # Points held in memory while InfluxDB is slow or away; past this the pipeline waits
+    # (backpressure to the broker, which queues for our persistent session).
+    max_buffered_points: int = Field(default=200_000, ge=1)
+    retry_max_s: float = Field(default=30.0, gt=0)
+
+    def secret(self) -> str | None:
+        return _read_secret(self.password, self.password_file, "influxdb.password_file")
+
+
+class AlertmanagerConfig(_Section):
+    url: str | None = "http://127.0.0.1:19093"
+    # Firing alerts are re-sent this often; Alertmanager resolves one that stops coming.
+    resend_interval_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=5.0, gt=0)
+    generator_url: str = ""
+
+
+class HttpConfig(_Section):
+    listen: str = "127.0.0.1:19108"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("must be host:port")
+        return v
+
+
+class PipelineConfig(_Section):
+    batch_max: int = Field(default=2000, ge=1)
+    batch_interval_s: float = Field(default=0.05, gt=0, le=5)
+    max_pending: int = Field(default=50_000, ge=1)
+
+
+class DeadLetterConfig(_Section):
+    capacity: int = Field(default=1000, ge=0, le=1_000_000)
+    path: Path | None = None
+    max_file_bytes: int = Field(default=10_000_000, ge=0)
+
+
+class DetectorConfig(_Section):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    type: str
+    kinds: tuple[str, ...] = KINDS
+    severity: Literal["info", "warning", "critical"] = "warning"
+    summary: str = ""
+    enabled: bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, v: str) -> str:
+        registry.get(v)  # raises with the list of known types
+        return v
+
+    def parsed_params(self) -> DetectorParams:
+        return registry.parse_params(self.type, self.params)
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_format: bool = True
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SENTINEL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    mqtt: MqttConfig = MqttConfig()
+    validation: ValidationConfig = ValidationConfig()
+    influxdb: InfluxConfig = InfluxConfig()
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    http: HttpConfig = HttpConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    deadletter: DeadLetterConfig = DeadLetterConfig()
+    log: LogConfig = LogConfig()
+    detectors: tuple[DetectorConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_detector_names(self) -> Config:
+        names = [d.name for d in self.detectors]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"detector names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file; nothing else is read.
+        return (env_settings, init_settings)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    return [f"{prefix}{_where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative `*_file` and `path` values are relative to the config file, not the cwd."""
+    for section in data.values():
+        if not isinstance(section, dict):
+            continue
+        for key, value in section.items():
+            if (key.endswith("_file") or key == "path") and isinstance(value, str):
+                p = Path(value)
+                section[key] = str(p if p.is_absolute() else base / p)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError naming each bad key."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+        _resolve_paths(data, path.parent)
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(source, _problems(exc)) from None
+    problems: list[str] = []
+    for i, det in enumerate(config.detectors):
+        try:
+            det.parsed_params()
+        except ValidationError as exc:
+            problems += _problems(exc, prefix=f"detectors[{i}].params.")
+        unknown = sorted(set(det.kinds) - set(config.validation.kinds))
+        if unknown:
+            problems.append(f"detectors[{i}].kinds: unknown kind(s) {', '.join(unknown)}")
+    if problems:
+        raise ConfigError(source, problems)
+    return config

@@ -1,0 +1,208 @@
+"""Decode and validate MQTT payloads into canonical records, or reject them with a reason.
+
+Everything here faces attacker-controlled bytes: sizes are checked before parsing, every
+failure maps to one of a fixed set of reasons (a bounded metric label), nothing raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from detectors.model import DeviceRef, Record, StatusRecord
+from sentinel.config import ValidationConfig
+from sentinel.topics import TopicPattern
+
+
+class Reason(StrEnum):
+    OVERSIZED = "oversized"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    BAD_TOPIC = "bad_topic"
+    MISSING_ID = "missing_id"
+    BAD_ID = "bad_id"
+    ID_MISMATCH = "id_mismatch"
+    UNKNOWN_KIND = "unknown_kind"
+    MISSING_TS = "missing_ts"
+    BAD_TS = "bad_ts"
+    TS_FUTURE = "ts_future"
+    TS_PAST = "ts_past"
+    NO_METRICS = "no_metrics"
+    TOO_MANY_METRICS = "too_many_metrics"
+    BAD_METRIC_NAME = "bad_metric_name"
+    BAD_TYPE = "bad_type"
+    NON_FINITE = "non_finite"
+    BAD_SEQ = "bad_seq"
+    BAD_STATUS = "bad_status"
+    DEVICE_CAP = "device_cap"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_ZONE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_METRIC = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_MAX_SEQ = 2**63 - 1
+
+
+def _loads(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN and Infinity literals; the stdlib parser tells them apart from
+    # garbage so that they are counted as non-finite, not as "not JSON".
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Reject(Reason.NOT_UTF8, "payload is not UTF-8") from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise _Reject(Reason.NOT_JSON, "payload is not JSON") from None
+
+
+def _timestamp(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise _Reject(Reason.BAD_TS, "ts is a boolean")
+    if isinstance(raw, int | float):
+        ts = float(raw)
+    elif isinstance(raw, str) and len(raw) <= 40:
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise _Reject(Reason.BAD_TS, "ts is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise _Reject(Reason.BAD_TS, "ts has no time zone")
+        ts = parsed.timestamp()
+    else:
+        raise _Reject(Reason.BAD_TS, "ts must be a number or an RFC 3339 string")
+    if not math.isfinite(ts):
+        raise _Reject(Reason.NON_FINITE, "ts is not finite")
+    return ts
+
+
+class Decoder:
+    """Turns (topic, payload) into a Record / StatusRecord or a Rejection."""
+
+    def __init__(self, rules: ValidationConfig, telemetry: TopicPattern, status: TopicPattern):
+        self.rules = rules
+        self.telemetry = telemetry
+        self.status = status
+        self._kinds = frozenset(rules.kinds)
+
+    def decode(self, topic: str, payload: bytes, now: float) -> Record | StatusRecord | Rejection:
+        try:
+            if len(payload) > self.rules.max_payload_bytes:
+                raise _Reject(Reason.OVERSIZED, f"{len(payload)} bytes")
+            levels = self.telemetry.match(topic)
+            if levels is not None:
+                return self._telemetry(levels, payload, now)
+            levels = self.status.match(topic)
+            if levels is not None:
+                return self._status(levels, payload, now)
+            raise _Reject(Reason.BAD_TOPIC, "topic fits no configured pattern")
+        except _Reject as r:
+            return Rejection(r.reason, r.detail)
+
+    def _device(self, levels: dict[str, str], body: dict[str, Any] | None) -> DeviceRef:
+        device_id = levels.get("device_id")
+        claimed = body.get("device_id") if body is not None else None
+        if device_id is None:
+            device_id = claimed if isinstance(claimed, str) else None
+        elif claimed is not None and claimed != device_id:
+            raise _Reject(Reason.ID_MISMATCH, "payload device_id differs from the topic's")
+        if not device_id:
+            raise _Reject(Reason.MISSING_ID, "no device id")
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise _Reject(Reason.BAD_ID, "device id has forbidden characters or length")
+        kind = levels.get("kind", "")
+        if kind not in self._kinds:
+            raise _Reject(Reason.UNKNOWN_KIND, "kind is not one of the configured kinds")
+        tenant, zone = levels.get("tenant", "default"), levels.get("zone", "default")
+        if not _TENANT.fullmatch(tenant) or not _ZONE.fullmatch(zone):
+            raise _Reject(Reason.BAD_TOPIC, "tenant or zone has forbidden characters or length")
+        return DeviceRef(tenant, zone, kind, device_id)
+
+    def _check_time(self, ts: float, now: float) -> None:
+        if ts > now + self.rules.max_future_s:
+            raise _Reject(Reason.TS_FUTURE, f"ts is {ts - now:.0f} s ahead")
+        if ts < now - self.rules.max_past_s:
+            raise _Reject(Reason.TS_PAST, f"ts is {now - ts:.0f} s old")
+
+    def _telemetry(self, levels: dict[str, str], payload: bytes, now: float) -> Record:
+        body = _loads(payload)
+        if not isinstance(body, dict):
+            raise _Reject(Reason.NOT_OBJECT, "payload is not a JSON object")
+        device = self._device(levels, body)
+        if "ts" not in body:
+            raise _Reject(Reason.MISSING_TS, "no ts")
+        ts = _timestamp(body["ts"])
+        self._check_time(ts, now)
+        seq = body.get("seq")
+        if seq is not None and (
+            isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _MAX_SEQ
+        ):
+            raise _Reject(Reason.BAD_SEQ, "seq must be an integer >= 0")
+        return Record(device, ts, self._metrics(body.get("metrics")), seq)
+
+    def _metrics(self, raw: Any) -> dict[str, float]:
+        if not isinstance(raw, dict) or not raw:
+            raise _Reject(Reason.NO_METRICS, "metrics must be a non-empty object")
+        if len(raw) > self.rules.max_metrics:
+            raise _Reject(Reason.TOO_MANY_METRICS, f"{len(raw)} metrics")
+        out: dict[str, float] = {}
+        for name, value in raw.items():
+            if not _METRIC.fullmatch(name):
+                raise _Reject(Reason.BAD_METRIC_NAME, "metric name has forbidden characters")
+            if isinstance(value, bool):
+                out[name] = 1.0 if value else 0.0
+            elif isinstance(value, int | float):
+                number = float(value) if abs(value) < 1e300 else math.inf
+                if not math.isfinite(number):
+                    raise _Reject(Reason.NON_FINITE, f"metric {name} is not finite")
+                out[name] = number
+            else:
+                raise _Reject(Reason.BAD_TYPE, f"metric {name} is not a number")
+        return out
+
+    def _status(self, levels: dict[str, str], payload: bytes, now: float) -> StatusRecord:
+        text = payload.strip()
+        body: dict[str, Any] | None = None
+        state: object
+        if text in (b"online", b"offline"):
+            state = text.decode()
+        else:
+            parsed = _loads(payload)
+            if not isinstance(parsed, dict):
+                raise _Reject(Reason.BAD_STATUS, "status must be online, offline or an object")
+            body = parsed
+            state = body.get("state")
+        device = self._device(levels, body)
+        if state not in ("online", "offline"):
+            raise _Reject(Reason.BAD_STATUS, "state must be online or offline")
+        # A last will carries no timestamp: it is published by the broker, now.
+        ts = _timestamp(body["ts"]) if body is not None and "ts" in body else now
+        # Retained statuses can be old by design, so only the future bound applies.
+        if ts > now + self.rules.max_future_s:
+            raise _Reject(Reason.TS_FUTURE, f"ts is {ts - now:.0f} s ahead")
+        return StatusRecord(device, ts, state == "online")

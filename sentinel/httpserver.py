@@ -1,0 +1,59 @@
+"""The agent's HTTP face: /metrics for Prometheus, /healthz, /readyz, read-only /api views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sentinel.alerting.alerts import AlertBook
+from sentinel.deadletter import DeadLetters
+from sentinel.metrics import Metrics
+
+ReadinessCheck = Callable[[], dict[str, bool]]
+
+
+def build_app(
+    metrics: Metrics, readiness: ReadinessCheck, book: AlertBook, deadletters: DeadLetters
+) -> web.Application:
+    async def get_metrics(_: web.Request) -> web.Response:
+        body = generate_latest(metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        checks = readiness()
+        ready = all(checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def alerts(_: web.Request) -> web.Response:
+        active: list[dict[str, Any]] = [
+            {
+                "fingerprint": a.fingerprint,
+                "labels": a.labels(),
+                "summary": a.summary,
+                "evidence": a.evidence,
+                "starts_at": a.starts_at,
+            }
+            for a in book.active.values()
+        ]
+        return web.json_response({"active": active})
+
+    async def dead_letters(request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        return web.json_response({"total": deadletters.total, "recent": deadletters.recent(limit)})
+
+    app = web.Application(client_max_size=1024)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/alerts", alerts)
+    app.router.add_get("/api/deadletters", dead_letters)
+    return app

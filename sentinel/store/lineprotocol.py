@@ -1,0 +1,58 @@
+"""InfluxDB line protocol for Sentinel's schema (see README, "InfluxDB schema").
+
+Tag values (tenant, zone, kind, device id, detector names) are validated upstream against
+patterns without spaces, commas, equals signs or quotes, so they need no escaping here.
+String fields (alert summaries and evidence) are attacker-influenced and are escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from detectors.model import Record, StatusRecord
+from sentinel.alerting.alerts import Alert
+
+
+def _ms(ts: float) -> int:
+    return round(ts * 1000)
+
+
+def record_line(record: Record) -> str:
+    d = record.device
+    # Every metric is a float (no `i` suffix) so that a field never changes type in InfluxDB.
+    fields = ",".join(f"{name}={value!r}" for name, value in record.metrics.items())
+    if record.seq is not None:
+        fields += f",seq={record.seq}i"
+    series = f"{d.kind},tenant={d.tenant},zone={d.zone},device_id={d.device_id}"
+    return f"{series} {fields} {_ms(record.ts)}"
+
+
+def status_line(status: StatusRecord) -> str:
+    d = status.device
+    return (
+        f"device_status,tenant={d.tenant},zone={d.zone},kind={d.kind},device_id={d.device_id} "
+        f"online={int(status.online)}i {_ms(status.ts)}"
+    )
+
+
+def escape_string_field(text: str, limit: int = 2048) -> str:
+    text = text[:limit].replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return '"' + text + '"'
+
+
+def lines_for(records: Iterable[Record | StatusRecord]) -> list[str]:
+    return [record_line(r) if isinstance(r, Record) else status_line(r) for r in records]
+
+
+def alert_line(alert: Alert) -> str:
+    """Alert state changes, for Grafana annotations and for history queries."""
+    d, s = alert.device, alert.source
+    ts = alert.starts_at if alert.firing else (alert.ends_at or alert.starts_at)
+    state = "firing" if alert.firing else "resolved"
+    return (
+        f"alerts,tenant={d.tenant},zone={d.zone},kind={d.kind},detector={s.name},"
+        f"severity={s.severity},state={state} device_id={escape_string_field(d.device_id)},"
+        f"summary={escape_string_field(alert.summary)},"
+        f"evidence={escape_string_field(alert.evidence_json())},"
+        f"fingerprint={escape_string_field(alert.fingerprint)} {_ms(ts)}"
+    )
