@@ -12,7 +12,7 @@ _REGISTRY: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound=type[Detector])
 
 
-class UnknownDetectorError(KeyError):
+class UnknownDetectorError(ValueError):
     """No detector type is registered under this name."""
 
 

@@ -19,7 +19,6 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -192,13 +191,16 @@ class Config(BaseSettings):
     log: LogConfig = LogConfig()
     detectors: tuple[DetectorConfig, ...] = ()
 
-    @model_validator(mode="after")
-    def _unique_detector_names(self) -> Config:
-        names = [d.name for d in self.detectors]
+    @field_validator("detectors")
+    @classmethod
+    def _unique_detector_names(
+        cls, detectors: tuple[DetectorConfig, ...]
+    ) -> tuple[DetectorConfig, ...]:
+        names = [d.name for d in detectors]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"detector names must be unique, repeated: {', '.join(dupes)}")
-        return self
+        return detectors
 
     @classmethod
     def settings_customise_sources(

@@ -177,7 +177,10 @@ class Decoder:
             if isinstance(value, bool):
                 out[name] = 1.0 if value else 0.0
             elif isinstance(value, int | float):
-                number = float(value) if abs(value) < 1e300 else math.inf
+                try:
+                    number = float(value)
+                except OverflowError:  # an integer with hundreds of digits
+                    number = math.inf
                 if not math.isfinite(number):
                     raise _Reject(Reason.NON_FINITE, f"metric {name} is not finite")
                 out[name] = number
