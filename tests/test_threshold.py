@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from detectors import registry
@@ -15,7 +17,9 @@ def rule(**kw: object) -> ThresholdRule:
     return ThresholdRule(ThresholdParams.model_validate(params))
 
 
-def feed(r: ThresholdRule, values: list[float], device: DeviceRef = CAM) -> list[tuple[int, bool]]:
+def feed(
+    r: ThresholdRule, values: Sequence[float], device: DeviceRef = CAM
+) -> list[tuple[int, bool]]:
     out = []
     for i, v in enumerate(values):
         for t in r.update([Record(device, float(i), {"upload_kbps": v})]):
