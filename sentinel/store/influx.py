@@ -7,6 +7,7 @@ so this client runs against every generation.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections import deque
@@ -31,7 +32,7 @@ class InfluxHttp:
         self._base = cfg.url.rstrip("/")
         self._db = cfg.database
         secret = cfg.secret()
-        self._auth = aiohttp.BasicAuth(cfg.username, secret) if cfg.username and secret else None
+        self._headers = basic_auth_header(cfg.username, secret) if cfg.username and secret else {}
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
 
     async def ping(self) -> bool:
@@ -46,7 +47,7 @@ class InfluxHttp:
         params = {"db": self._db, "precision": "ms"}
         try:
             async with self._session.post(
-                url, params=params, data=body, auth=self._auth, timeout=self._timeout
+                url, params=params, data=body, headers=self._headers, timeout=self._timeout
             ) as resp:
                 if resp.status == 204:
                     return
@@ -64,7 +65,7 @@ class InfluxHttp:
     async def query(self, influxql: str, *, db: str | None = None) -> dict[str, Any]:
         data = {"q": influxql, "db": db or self._db, "epoch": "ms"}
         async with self._session.post(
-            f"{self._base}/query", data=data, auth=self._auth, timeout=self._timeout
+            f"{self._base}/query", data=data, headers=self._headers, timeout=self._timeout
         ) as resp:
             body: dict[str, Any] = await resp.json(content_type=None)
             if resp.status != 200 or "error" in body:
@@ -150,3 +151,8 @@ class InfluxWriter:
             if not await self._write_head():
                 await asyncio.sleep(0.2)
         return len(self._lines)
+
+
+def basic_auth_header(username: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
