@@ -110,7 +110,7 @@ async def influx_db(stack: Stack) -> AsyncIterator[str]:
 
 
 @dataclass
-class TestFleet:
+class FleetTopics:
     """A unique topic root for one test, under the ACL's fleet/#."""
 
     root: str
@@ -120,8 +120,8 @@ class TestFleet:
 
 
 @pytest.fixture
-def fleet() -> TestFleet:
-    return TestFleet(f"fleet/test-{uuid.uuid4().hex[:10]}")
+def fleet() -> FleetTopics:
+    return FleetTopics(f"fleet/test-{uuid.uuid4().hex[:10]}")
 
 
 def agent_config(

@@ -14,8 +14,8 @@ import pytest
 
 from sentinel.decode import Reason
 from tests.conftest import (
+    FleetTopics,
     Stack,
-    TestFleet,
     agent_config,
     influxql,
     poll_rows,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.stack
 
 
 async def test_published_message_becomes_a_point_with_its_tags(
-    stack: Stack, influx_db: str, fleet: TestFleet
+    stack: Stack, influx_db: str, fleet: FleetTopics
 ) -> None:
     ts = round(time.time() - 5, 3)
     payload = orjson.dumps(
@@ -65,7 +65,7 @@ async def test_published_message_becomes_a_point_with_its_tags(
     assert {k["tagKey"] for k in keys} == {"tenant", "zone", "device_id"}
 
 
-def malformed(fleet: TestFleet, i: int, now: float) -> dict[Reason, tuple[str, bytes]]:
+def malformed(fleet: FleetTopics, i: int, now: float) -> dict[Reason, tuple[str, bytes]]:
     """One payload of each kind of bad input the agent must refuse, varied by i."""
     good_topic = fleet.telemetry("lyon", "presquile", "lighting", f"lyon-lum-{i:05d}")
 
@@ -87,7 +87,7 @@ def malformed(fleet: TestFleet, i: int, now: float) -> dict[Reason, tuple[str, b
 
 
 async def test_malformed_payloads_are_counted_and_valid_ones_all_stored(
-    stack: Stack, influx_db: str, fleet: TestFleet
+    stack: Stack, influx_db: str, fleet: FleetTopics
 ) -> None:
     per_reason = 1000
     now = time.time()
