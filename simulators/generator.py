@@ -1,0 +1,187 @@
+"""The fleet's message stream over a span of simulated time, in time order.
+
+Reports are made batch by batch: the schedule says who reports when, each sub-type's model computes
+the batch's metrics as numpy columns, and only the JSON encoding runs per message. Memory stays
+bounded by the batch size whatever the fleet size or the span.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from simulators import noise, sun
+from simulators.anomalies import Anomaly, AnomalySpec, Metrics
+from simulators.fleet import Device, Fleet
+from simulators.messages import DEFAULT_TOPIC_PREFIX, Message, check_prefix, online, topic
+from simulators.schedule import Schedule
+from simulators.telemetry import TelemetryModel, model_for
+
+# Reports per batch: large enough to amortise numpy calls, small enough to stay in cache.
+BATCH_SIZE = 20_000
+MISSING_RATE = 0.005
+# Device clocks drift a little from true time.
+CLOCK_JITTER_S = 0.15
+CLOCK_JITTER_MAX_S = 0.5
+# Simulated time must stay inside the sun tables (2000-01-02 .. 2099-12-30).
+EARLIEST_TS = (sun.FIRST_DAY + 1) * sun.DAY_S
+LATEST_TS = (sun.LAST_DAY - 2) * sun.DAY_S
+
+# Random streams of the report itself (the models number theirs from 1 upwards).
+_MISSING_STREAM = 1_000
+_JITTER_STREAM = 1_001
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Reports due in one window, in time order (parallel arrays)."""
+
+    devices: np.ndarray  # fleet index
+    times_ms: np.ndarray  # when sent, simulated
+    report: np.ndarray  # the device's report number since the epoch
+    device_ts: np.ndarray  # payload ts: the device's clock, jittered
+    seq: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The devices of one sub-type and their model."""
+
+    model: TelemetryModel
+    devices: tuple[Device, ...]
+
+    def encode(
+        self, batch: _Batch, at: np.ndarray, rows: np.ndarray, anomaly: _Target, out: list[bytes]
+    ) -> None:
+        """JSON payloads of this group's reports at batch positions `at`, written into `out`."""
+        columns = self.model.metrics(rows, batch.times_ms[at] / 1000.0, batch.report[at])
+        names = list(columns)
+        values = zip(*(c.tolist() for c in columns.values()), strict=True)
+        attacked = set(at[batch.devices[at] == anomaly.index].tolist())
+        dumps = orjson.dumps
+        for pos, row, ts, seq, vals in zip(
+            at.tolist(),
+            rows.tolist(),
+            batch.device_ts[at].tolist(),
+            batch.seq[at].tolist(),
+            values,
+            strict=True,
+        ):
+            device = self.devices[row]
+            metrics: Metrics = dict(zip(names, vals, strict=True))
+            if pos in attacked:
+                metrics = anomaly.apply(device, ts, metrics)
+            out[pos] = dumps(
+                {"device_id": device.device_id, "ts": ts, "seq": seq, "metrics": metrics}
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The anomaly, if any, and the fleet index of the device it targets (-1: none)."""
+
+    anomaly: Anomaly | None
+    index: int
+
+    def apply(self, device: Device, ts: float, metrics: Metrics) -> Metrics:
+        a = self.anomaly
+        if a is None or not a.truth.start_ts <= ts < a.truth.end_ts:
+            return metrics
+        return a.apply(device, ts, metrics)
+
+
+def generate(
+    fleet: Fleet,
+    start_ts: float,
+    end_ts: float,
+    anomaly: AnomalySpec | Anomaly | None = None,
+    seed: int = 0,
+    *,
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+) -> Iterator[Message]:
+    """Every message the fleet publishes in [start_ts, end_ts), sorted by `Message.ts`.
+
+    First each device's retained `online` status at `start_ts`, then its telemetry every
+    `cadence_s` from its phase on. A report is occasionally missing (its `seq` is then skipped,
+    as if lost on the way) and payload `ts` carries a few hundred ms of clock jitter. The same
+    fleet, span, anomaly and seed always give byte-identical messages.
+    """
+    if not (math.isfinite(start_ts) and math.isfinite(end_ts) and start_ts <= end_ts):
+        raise ValueError(f"need finite start_ts <= end_ts, got {start_ts}, {end_ts}")
+    if start_ts < EARLIEST_TS or end_ts > LATEST_TS:
+        raise ValueError(f"simulated time must lie in [{EARLIEST_TS}, {LATEST_TS}]")
+    check_prefix(topic_prefix)
+    resolved = anomaly.resolve(fleet, start_ts) if isinstance(anomaly, AnomalySpec) else anomaly
+    target = _Target(
+        resolved,
+        -1 if resolved is None else fleet.devices.index(fleet.get(resolved.truth.device_id)),
+    )
+    return _messages(
+        fleet, start_ts=start_ts, end_ts=end_ts, target=target, seed=seed, prefix=topic_prefix
+    )
+
+
+def _messages(
+    fleet: Fleet,
+    *,
+    start_ts: float,
+    end_ts: float,
+    target: _Target,
+    seed: int,
+    prefix: str,
+) -> Iterator[Message]:
+    for device in fleet:
+        yield online(prefix, device, start_ts)
+    if not len(fleet):
+        return
+
+    keys = noise.stream_keys(np.array([d.noise_key for d in fleet], dtype=np.uint64), seed)
+    schedule = Schedule(
+        np.array([d.cadence_s * 1000 for d in fleet], dtype=np.int64),
+        np.array([round(d.phase_s * 1000) for d in fleet], dtype=np.int64),
+    )
+    groups, group_of, row_of = _groups(fleet.devices, seed)
+    topics = [topic(prefix, d, "telemetry") for d in fleet]
+    ids = [d.device_id for d in fleet]
+    start_ms, end_ms = math.ceil(start_ts * 1000), math.ceil(end_ts * 1000)
+    first_report = schedule.first_report_at_or_after(start_ms)
+
+    for due, due_ms in schedule.batches(start_ms, end_ms, BATCH_SIZE):
+        report = schedule.report_number(due, due_ms)
+        sent = noise.uniform(keys[due], report, _MISSING_STREAM) >= MISSING_RATE
+        devices, times_ms, report = due[sent], due_ms[sent], report[sent]
+        jitter = CLOCK_JITTER_S * noise.normal(keys[devices], report, _JITTER_STREAM)
+        jitter = np.clip(jitter, -CLOCK_JITTER_MAX_S, CLOCK_JITTER_MAX_S)
+        batch = _Batch(
+            devices=devices,
+            times_ms=times_ms,
+            report=report,
+            device_ts=np.round(times_ms / 1000.0 + jitter, 3),
+            seq=report - first_report[devices],
+        )
+        payloads: list[bytes] = [b""] * len(devices)
+        for g, group in enumerate(groups):
+            at = np.flatnonzero(group_of[devices] == g)
+            if len(at):
+                group.encode(batch, at, row_of[devices[at]], target, payloads)
+
+        for i, ts_ms, payload in zip(devices.tolist(), times_ms.tolist(), payloads, strict=True):
+            yield Message(ts_ms / 1000, topics[i], payload, ids[i])
+
+
+def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndarray, np.ndarray]:
+    """One model per sub-type; per fleet index, its group and its row inside the group."""
+    subtypes = sorted({d.subtype for d in devices})
+    group_of = np.array([subtypes.index(d.subtype) for d in devices], dtype=np.int64)
+    row_of = np.empty(len(devices), dtype=np.int64)
+    groups = []
+    for g, subtype in enumerate(subtypes):
+        members = np.flatnonzero(group_of == g).tolist()
+        row_of[members] = np.arange(len(members))
+        mine = tuple(devices[i] for i in members)
+        groups.append(_Group(model_for(subtype, mine, seed), mine))
+    return groups, group_of, row_of
