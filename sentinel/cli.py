@@ -52,5 +52,22 @@ def check_config(config: ConfigOption = Path("deploy/sentinel.toml")) -> None:
         typer.echo(f"  detector {det.name} ({det.type}, {det.severity}, {state}) on {det.kinds}")
 
 
+@app.command()
+def demo(
+    devices: Annotated[int, typer.Option(min=3, help="Simulated devices.")] = 300,
+    speed: Annotated[float, typer.Option(min=1, help="Simulated seconds per real second.")] = 20.0,
+    duration: Annotated[float, typer.Option(min=10, help="Real seconds to run.")] = 60.0,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated fleet.")] = 7,
+    stack: Annotated[bool, typer.Option(help="Use the real local stack when possible.")] = True,
+    config: ConfigOption = Path("deploy/sentinel.toml"),
+) -> None:
+    """A simulated district under attack, the agent, and the alerts it raises."""
+    from sentinel.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    _load(config)  # fail fast, with the key named, before starting anything
+    opts = DemoOptions(devices, seed, speed, duration, config, stack)
+    raise typer.Exit(run_demo(opts))
+
+
 if __name__ == "__main__":
     app()
