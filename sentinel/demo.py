@@ -22,6 +22,7 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 
+from sentinel import logs
 from sentinel.agent import Agent, build_decoder
 from sentinel.alerting.alerts import AlertBook
 from sentinel.config import Config, load_config
@@ -53,10 +54,16 @@ class DemoOptions:
     def span_s(self) -> float:
         return self.duration_s * self.speed
 
-    def anomaly(self) -> AnomalySpec:
-        # Starts a quarter into the run and ends before it does, so the alert is seen to
-        # fire and then resolve.
-        return AnomalySpec(None, start_offset_s=0.25 * self.span_s, duration_s=0.4 * self.span_s)
+    def anomalies(self) -> tuple[AnomalySpec, ...]:
+        """Two cameras exfiltrate. The first stops before the end, so its alert is seen to fire
+        and resolve; the second is still at it when the demo ends, so Alertmanager shows it."""
+        cameras = build_fleet(self.devices, self.seed).of_kind("video")
+        span = self.span_s
+        first = AnomalySpec(cameras[0].device_id, start_offset_s=0.2 * span, duration_s=0.35 * span)
+        if len(cameras) < 2:
+            return (first,)
+        second = AnomalySpec(cameras[-1].device_id, start_offset_s=0.7 * span, duration_s=span)
+        return (first, second)
 
 
 def junk_payloads(topic_root: str, now: float) -> Iterator[tuple[str, bytes]]:
@@ -149,7 +156,7 @@ async def _online(opts: DemoOptions, cfg: Config, env: dict[str, str], console: 
         password=sim_password,
         inventory_path=demo_dir / "inventory.json",
         truth_path=demo_dir / "truth.jsonl",
-        anomaly=opts.anomaly(),
+        anomalies=opts.anomalies(),
         client_id="sentinel-demo-sim",
     )
     snap = Snapshot(
@@ -200,6 +207,20 @@ async def _watch(sim: asyncio.Task[object], snap: Snapshot, agent: Agent, consol
             await asyncio.sleep(0.5)
 
 
+def _print_outcome(console: Console, truth: tuple[GroundTruth, ...], book: AlertBook) -> None:
+    console.rule("What happened")
+    for t in truth:
+        console.print(f"Injected: [bold]{t.kind}[/] on {t.device_id} ({t.tenant}/{t.zone})")
+    for a in book.history:
+        state = "still firing" if a.firing else "resolved"
+        console.print(
+            f"Raised:   [bold]{a.source.alertname}[/] on {a.device.device_id} ({state}): "
+            f"{a.summary}"
+        )
+    if not book.history:
+        console.print("[yellow]No alert was raised.[/]")
+
+
 def _print_where_to_look(
     console: Console,
     cfg: Config,
@@ -207,22 +228,11 @@ def _print_where_to_look(
     truth: tuple[GroundTruth, ...],
     book: AlertBook,
 ) -> None:
-    console.rule("What happened")
-    for t in truth:
-        console.print(f"Injected: [bold]{t.kind}[/] on {t.device_id} ({t.tenant}/{t.zone})")
-    raised = list(book.history)
-    for a in raised:
-        state = "resolved" if not a.firing else "still firing"
-        console.print(
-            f"Raised:   [bold]{a.source.alertname}[/] on {a.device.device_id} ({state}): "
-            f"{a.summary}"
-        )
-    if not raised:
-        console.print("[yellow]No alert was raised.[/]")
+    _print_outcome(console, truth, book)
     device = truth[0].device_id if truth else "lyon-cam-00001"
     query = (
-        f'SELECT max("upload_kbps") FROM "video" WHERE "device_id" = \'{device}\' '  # noqa: S608 - an id the simulator made
-        f"AND time > now() - 2h GROUP BY time(2m)"
+        f"SELECT max(upload_kbps) FROM video WHERE device_id = '{device}' "  # noqa: S608 - an id the simulator made
+        "AND time > now() - 2h GROUP BY time(2m) fill(none)"
     )
     secrets = env["STACK_SECRETS_DIR"]
     console.rule("Where to look")
@@ -238,7 +248,7 @@ def _print_where_to_look(
     console.print(
         f'  INFLUX_USERNAME=sentinel-agent INFLUX_PASSWORD="$(cat {secrets}/'
         f'influx-agent.password)" influx -port {env["STACK_INFLUX_PORT"]} '
-        f'-database {cfg.influxdb.database} -execute "{query}"',
+        f'-precision rfc3339 -database {cfg.influxdb.database} -execute "{query}"',
         soft_wrap=True,
     )
     console.print("Stop the stack with: deploy/local/stack down")
@@ -265,7 +275,7 @@ async def _offline(opts: DemoOptions, cfg: Config, why: str, console: Console) -
     )
     fleet = build_fleet(opts.devices, opts.seed)
     start = time.time() - opts.span_s
-    anomaly = opts.anomaly().resolve(fleet, start)
+    anomalies = [spec.resolve(fleet, start) for spec in opts.anomalies()]
     root = cfg.mqtt.telemetry_topic.split("/{", 1)[0]
     junk = junk_payloads(root, time.time())
     snap = Snapshot("in one process (no broker, no database)", opts.devices, opts.speed)
@@ -274,7 +284,8 @@ async def _offline(opts: DemoOptions, cfg: Config, why: str, console: Console) -
     batch: list[tuple[str, bytes]] = []
     last_draw = 0.0
     with Live(console=console, refresh_per_second=4) as live:
-        for n, msg in enumerate(generate(fleet, start, start + opts.span_s, anomaly, opts.seed)):
+        messages = generate(fleet, start, start + opts.span_s, anomalies, opts.seed)
+        for n, msg in enumerate(messages):
             batch.append((msg.topic, msg.payload))
             if n % 200 == 0:
                 batch.append(next(junk))
@@ -298,18 +309,14 @@ async def _offline(opts: DemoOptions, cfg: Config, why: str, console: Console) -
                 live.update(render(snap, meter.update(snap.received), last_draw - wall0))
         if batch:
             await pipeline.process(batch, time.time())
-    console.rule("What happened")
-    console.print(f"Injected: [bold]{anomaly.truth.kind}[/] on {anomaly.truth.device_id}")
-    for a in book.history:
-        console.print(
-            f"Raised:   [bold]{a.source.alertname}[/] on {a.device.device_id}: {a.summary}"
-        )
+    _print_outcome(console, tuple(a.truth for a in anomalies), book)
     console.print("With root and apt, `sentinel demo` runs the same thing on the real stack.")
     return 0
 
 
 def run_demo(opts: DemoOptions, console: Console | None = None) -> int:
     console = console or Console()
+    logs.configure("warning", json_format=False)  # the live console is the interface here
     cfg = load_config(opts.config)
     env, why = bring_up_stack(console) if opts.use_stack else (None, "--no-stack was given")
     if env is None:

@@ -55,13 +55,13 @@ class _Group:
     devices: tuple[Device, ...]
 
     def encode(
-        self, batch: _Batch, at: np.ndarray, rows: np.ndarray, anomaly: _Target, out: list[bytes]
+        self, batch: _Batch, at: np.ndarray, rows: np.ndarray, targets: _Targets, out: list[bytes]
     ) -> None:
         """JSON payloads of this group's reports at batch positions `at`, written into `out`."""
         columns = self.model.metrics(rows, batch.times_ms[at] / 1000.0, batch.report[at])
         names = list(columns)
         values = zip(*(c.tolist() for c in columns.values()), strict=True)
-        attacked = set(at[batch.devices[at] == anomaly.index].tolist())
+        attacked = set(at[np.isin(batch.devices[at], targets.indices)].tolist())
         dumps = orjson.dumps
         for pos, row, ts, seq, vals in zip(
             at.tolist(),
@@ -74,31 +74,31 @@ class _Group:
             device = self.devices[row]
             metrics: Metrics = dict(zip(names, vals, strict=True))
             if pos in attacked:
-                metrics = anomaly.apply(device, ts, metrics)
+                metrics = targets.apply(device, ts, metrics)
             out[pos] = dumps(
                 {"device_id": device.device_id, "ts": ts, "seq": seq, "metrics": metrics}
             )
 
 
 @dataclass(frozen=True, slots=True)
-class _Target:
-    """The anomaly, if any, and the fleet index of the device it targets (-1: none)."""
+class _Targets:
+    """The anomalies by target device, and the fleet indices of those devices."""
 
-    anomaly: Anomaly | None
-    index: int
+    by_device: dict[str, tuple[Anomaly, ...]]
+    indices: np.ndarray
 
     def apply(self, device: Device, ts: float, metrics: Metrics) -> Metrics:
-        a = self.anomaly
-        if a is None or not a.truth.start_ts <= ts < a.truth.end_ts:
-            return metrics
-        return a.apply(device, ts, metrics)
+        for a in self.by_device.get(device.device_id, ()):
+            if a.truth.start_ts <= ts < a.truth.end_ts:
+                metrics = a.apply(device, ts, metrics)
+        return metrics
 
 
 def generate(
     fleet: Fleet,
     start_ts: float,
     end_ts: float,
-    anomaly: AnomalySpec | Anomaly | None = None,
+    anomalies: Sequence[AnomalySpec | Anomaly] | None = None,
     seed: int = 0,
     *,
     topic_prefix: str = DEFAULT_TOPIC_PREFIX,
@@ -108,20 +108,22 @@ def generate(
     First each device's retained `online` status at `start_ts`, then its telemetry every
     `cadence_s` from its phase on. A report is occasionally missing (its `seq` is then skipped,
     as if lost on the way) and payload `ts` carries a few hundred ms of clock jitter. The same
-    fleet, span, anomaly and seed always give byte-identical messages.
+    fleet, span, anomalies and seed always give byte-identical messages.
     """
     if not (math.isfinite(start_ts) and math.isfinite(end_ts) and start_ts <= end_ts):
         raise ValueError(f"need finite start_ts <= end_ts, got {start_ts}, {end_ts}")
     if start_ts < EARLIEST_TS or end_ts > LATEST_TS:
         raise ValueError(f"simulated time must lie in [{EARLIEST_TS}, {LATEST_TS}]")
     check_prefix(topic_prefix)
-    resolved = anomaly.resolve(fleet, start_ts) if isinstance(anomaly, AnomalySpec) else anomaly
-    target = _Target(
-        resolved,
-        -1 if resolved is None else fleet.devices.index(fleet.get(resolved.truth.device_id)),
-    )
+    by_device: dict[str, tuple[Anomaly, ...]] = {}
+    for a in anomalies or ():
+        resolved = a.resolve(fleet, start_ts) if isinstance(a, AnomalySpec) else a
+        device_id = fleet.get(resolved.truth.device_id).device_id  # raises for an unknown id
+        by_device[device_id] = (*by_device.get(device_id, ()), resolved)
+    indices = np.array([fleet.devices.index(fleet.get(d)) for d in by_device], dtype=np.int64)
+    targets = _Targets(by_device, indices)
     return _messages(
-        fleet, start_ts=start_ts, end_ts=end_ts, target=target, seed=seed, prefix=topic_prefix
+        fleet, start_ts=start_ts, end_ts=end_ts, targets=targets, seed=seed, prefix=topic_prefix
     )
 
 
@@ -130,7 +132,7 @@ def _messages(
     *,
     start_ts: float,
     end_ts: float,
-    target: _Target,
+    targets: _Targets,
     seed: int,
     prefix: str,
 ) -> Iterator[Message]:
@@ -167,7 +169,7 @@ def _messages(
         for g, group in enumerate(groups):
             at = np.flatnonzero(group_of[devices] == g)
             if len(at):
-                group.encode(batch, at, row_of[devices[at]], target, payloads)
+                group.encode(batch, at, row_of[devices[at]], targets, payloads)
 
         for i, ts_ms, payload in zip(devices.tolist(), times_ms.tolist(), payloads, strict=True):
             yield Message(ts_ms / 1000, topics[i], payload, ids[i])

@@ -23,7 +23,7 @@ class SimulationConfig:
     """What `sentinel sim` runs. Defaults: 1,000 devices, 10 minutes in real time.
 
     `mqtt_url` None (the default) generates the messages without publishing them: a dry run.
-    `anomaly` offsets are simulated seconds after the start of the simulated span.
+    `anomalies` offsets are simulated seconds after the start of the simulated span.
     """
 
     devices: int = 1_000
@@ -35,7 +35,7 @@ class SimulationConfig:
     password: str | None = field(default=None, repr=False)
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     inventory_path: Path | None = None
-    anomaly: AnomalySpec | None = None
+    anomalies: tuple[AnomalySpec, ...] = ()
     start_ts: float | None = None
     truth_path: Path | None = None
     client_id: str = "sentinel-sim"
@@ -75,15 +75,15 @@ async def run_simulation(
     start = time.time() - span if cfg.start_ts is None else cfg.start_ts
     end = start + span
     fleet = build_fleet(cfg.devices, cfg.seed)
-    anomaly = None if cfg.anomaly is None else cfg.anomaly.resolve(fleet, start)
-    truth = () if anomaly is None else (anomaly.truth,)
+    anomalies = [spec.resolve(fleet, start) for spec in cfg.anomalies]
+    truth = tuple(a.truth for a in anomalies)
 
     if cfg.inventory_path is not None:
         write_inventory(fleet, cfg.inventory_path)
     if cfg.truth_path is not None:
         write_atomic(cfg.truth_path, "".join(t.to_json() + "\n" for t in truth).encode())
 
-    messages = generate(fleet, start, end, anomaly, cfg.seed, topic_prefix=cfg.topic_prefix)
+    messages = generate(fleet, start, end, anomalies, cfg.seed, topic_prefix=cfg.topic_prefix)
     if cfg.mqtt_url is None:
         count = await asyncio.to_thread(sum, (1 for _ in messages))
         return SimulationSummary(len(fleet), count, start, end, truth, None)

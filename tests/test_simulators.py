@@ -388,7 +388,7 @@ def test_upload_surge_only_inside_ground_truth_window(lyon: Fleet) -> None:
     assert (truth.start_ts, truth.end_ts) == (START + 1_800, START + 3_000)
 
     normal = list(generate(lyon, START, START + 3_600, None, 8))
-    attacked = list(generate(lyon, START, START + 3_600, spec, 8))
+    attacked = list(generate(lyon, START, START + 3_600, [spec], 8))
     assert len(normal) == len(attacked)
     inside = 0
     for a, b in zip(normal, attacked, strict=True):

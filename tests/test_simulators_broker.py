@@ -38,7 +38,7 @@ async def test_simulated_fleet_reaches_the_broker_paced_and_complete() -> None:
     fleet = build_fleet(100, seed=5)
     start = time.time() - 600
     anomaly = AnomalySpec(None, start_offset_s=60, duration_s=120)
-    sent = list(generate(fleet, start, start + 600, anomaly, 1, topic_prefix=root))
+    sent = list(generate(fleet, start, start + 600, [anomaly], 1, topic_prefix=root))
     status_topics = [m.topic for m in sent if m.retain]
     received: list[tuple[str, bytes]] = []
     progress: list[PublishStats] = []

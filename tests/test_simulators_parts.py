@@ -190,7 +190,7 @@ async def test_dry_run_ends_now_and_writes_files(tmp_path: Path) -> None:
         mqtt_url=None,
         inventory_path=tmp_path / "inventory.json",
         truth_path=tmp_path / "truth.jsonl",
-        anomaly=AnomalySpec(None, start_offset_s=600, duration_s=300),
+        anomalies=(AnomalySpec(None, start_offset_s=600, duration_s=300),),
     )
     before = time.time()
     summary = await run_simulation(cfg)
