@@ -57,9 +57,14 @@ class Agent:
             self.metrics,
         )
         self.http_ready = asyncio.Event()
+        self._stop = asyncio.Event()
         self.pipeline: Pipeline | None = None
         self.writer: InfluxWriter | None = None
         self.internal_errors = 0
+
+    def request_stop(self) -> None:
+        """Stop in order: stop reading, process and store what was received, send alerts."""
+        self._stop.set()
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -98,20 +103,31 @@ class Agent:
             log.info("agent_started", http=cfg.http.listen, detectors=len(self.engine.instances))
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self.reader.run(), name="mqtt-reader")
-                    tg.create_task(self._process_forever(self.pipeline), name="batch-processor")
-                    tg.create_task(self.writer.run(), name="influx-writer")
+                    reader = tg.create_task(self.reader.run(), name="mqtt-reader")
+                    processor = tg.create_task(
+                        self._process_until_closed(self.pipeline), name="batch-processor"
+                    )
+                    senders = [tg.create_task(self.writer.run(), name="influx-writer")]
                     if am is not None:
-                        tg.create_task(am.run(), name="alertmanager-sink")
+                        senders.append(tg.create_task(am.run(), name="alertmanager-sink"))
+                    await self._stop.wait()
+                    log.info("agent_stopping", pending=len(self.inbox))
+                    self.reader.stop()  # from here on nothing more is received or acknowledged
+                    reader.cancel()
+                    self.inbox.close()
+                    await processor
+                    for task in senders:
+                        task.cancel()
             finally:
                 await self._drain(self.pipeline, self.writer, am)
                 await runner.cleanup()
 
-    async def _process_forever(self, pipeline: Pipeline) -> None:
+    async def _process_until_closed(self, pipeline: Pipeline) -> None:
         linger = self.config.pipeline.batch_interval_s
-        while True:
+        while not (self.inbox.closed and not len(self.inbox)):
             batch = await self.inbox.take(linger)
-            await self._process(pipeline, batch)
+            if batch:
+                await self._process(pipeline, batch)
             self.metrics.queue_depth.labels("inbox").set(len(self.inbox))
 
     async def _process(self, pipeline: Pipeline, batch: list[tuple[str, bytes]]) -> None:
@@ -126,8 +142,11 @@ class Agent:
     async def _drain(
         self, pipeline: Pipeline, writer: InfluxWriter, am: AlertmanagerSink | None
     ) -> None:
-        """On shutdown: process what was received, write it, send the last alert changes."""
+        """Write what is pending and send the last alert changes. After an orderly stop the
+        inbox is already empty; after a plain cancellation, it is processed here."""
         with contextlib.suppress(Exception):
+            self.reader.stop()
+            self.inbox.close()
             while len(self.inbox):
                 await self._process(pipeline, await self.inbox.take(0))
             left = await writer.flush()

@@ -39,7 +39,8 @@ def run(config: ConfigOption = Path("deploy/sentinel.toml")) -> None:
 
     cfg = _load(config)
     logs.configure(cfg.log.level, cfg.log.json_format)
-    run_until_signal(Agent(cfg).run())
+    agent = Agent(cfg)
+    run_until_signal(agent.run(), agent.request_stop)
 
 
 @app.command("check-config")

@@ -1,29 +1,24 @@
-"""Run a coroutine until it ends or SIGTERM/SIGINT arrives; shutdown is cancellation."""
+"""Run the agent until it ends or SIGTERM/SIGINT asks it to stop."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
-async def _until_signal(main: Coroutine[Any, Any, T]) -> T | None:
+async def _until_signal(main: Coroutine[Any, Any, None], on_signal: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(main)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
     try:
-        return await task
-    except asyncio.CancelledError:
-        return None
+        await main
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
-def run_until_signal(main: Coroutine[Any, Any, T]) -> T | None:
-    """Returns the coroutine's result, or None when a signal stopped it."""
-    return asyncio.run(_until_signal(main))
+def run_until_signal(main: Coroutine[Any, Any, None], on_signal: Callable[[], None]) -> None:
+    """`on_signal` asks `main` to finish (an orderly stop, not a cancellation)."""
+    asyncio.run(_until_signal(main, on_signal))

@@ -164,6 +164,5 @@ async def running_agent(config: Config) -> AsyncIterator[Agent]:
         await asyncio.wait_for(agent.reader.connected.wait(), 15)
         yield agent
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        agent.request_stop()
+        await asyncio.wait_for(task, 30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -140,3 +141,42 @@ def test_a_wrong_config_key_fails_at_start_naming_it(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "influxdb.batch_sise" in proc.stderr
+
+
+async def test_a_small_inbox_pauses_reading_and_loses_nothing(
+    stack: Stack, influx_db: str, fleet: FleetTopics
+) -> None:
+    total, high_water = 5000, 50
+    now = time.time()
+    messages = [
+        (
+            fleet.telemetry("lyon", "gerland", "video", f"lyon-cam-{i % 40:05d}"),
+            orjson.dumps({"ts": now - i * 0.01, "seq": i, "metrics": {"fps": 25}}),
+        )
+        for i in range(total)
+    ]
+    cfg = agent_config(
+        stack, influx_db, fleet.root, pipeline={"max_pending": high_water, "batch_max": 20}
+    )
+    async with running_agent(cfg) as agent:
+        peak = 0
+
+        async def watch_inbox() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(agent.inbox))
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch_inbox())
+        await publish_all(stack.mqtt_url, messages)
+        stored = await poll_rows(
+            stack,
+            influx_db,
+            'SELECT count("fps") FROM "video"',
+            lambda r: bool(r) and r[0]["count"] >= total,
+            within_s=30,
+        )
+        watcher.cancel()
+    assert stored[0]["count"] == total
+    # One socket read can hand over several messages past the mark, never thousands.
+    assert high_water <= peak < high_water + 500

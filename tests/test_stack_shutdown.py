@@ -1,0 +1,107 @@
+"""SIGTERM mid-stream, then a restart: every message the broker accepted is stored, once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import FleetTopics, Stack, free_port, influxql, poll_rows, rows
+from tests.mqtt_util import publish_all
+from tests.stack_env import secret
+
+pytestmark = pytest.mark.stack
+
+
+def write_config(path: Path, stack: Stack, db: str, root: str, client_id: str) -> None:
+    path.write_text(
+        f"""
+[mqtt]
+url = "{stack.mqtt_url}"
+client_id = "{client_id}"
+telemetry_topic = "{root}/{{tenant}}/{{zone}}/{{kind}}/{{device_id}}/telemetry"
+status_topic = "{root}/{{tenant}}/{{zone}}/{{kind}}/{{device_id}}/status"
+[influxdb]
+url = "{stack.influx_url}"
+database = "{db}"
+[alertmanager]
+url = ""
+[http]
+listen = "127.0.0.1:{free_port()}"
+"""
+    )
+
+
+async def start_agent(config: Path) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "SENTINEL_MQTT__PASSWORD": secret("mqtt-agent"),
+        "SENTINEL_INFLUXDB__PASSWORD": secret("influx-agent"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sentinel.cli",
+        "run",
+        "--config",
+        str(config),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # ready once subscribed
+        line = await asyncio.wait_for(proc.stderr.readline(), 20)
+        if b"mqtt_subscribed" in line:
+            return proc
+    raise AssertionError("the agent did not subscribe")
+
+
+async def stop(proc: asyncio.subprocess.Process) -> bytes:
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return err
+
+
+async def test_sigterm_midstream_then_restart_loses_nothing(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    write_config(config, stack, influx_db, fleet.root, f"agent-{fleet.root[-10:]}")
+    total = 20_000
+    now = time.time()
+    messages = [
+        (
+            fleet.telemetry("lyon", "gerland", "lighting", f"lyon-lum-{i % 500:05d}"),
+            orjson.dumps({"ts": now - 3600 + i * 0.1, "seq": i, "metrics": {"power_w": i % 97}}),
+        )
+        for i in range(total)
+    ]
+    first = await start_agent(config)
+    publisher = asyncio.create_task(publish_all(stack.mqtt_url, messages))
+    await asyncio.sleep(0.3)  # stop the agent while the stream is flowing
+    err = await stop(first)
+    await publisher
+    assert b"agent_stopped" in err
+    query = 'SELECT count("power_w") FROM "lighting"'
+    stored_before_restart = rows(await influxql(stack, query, influx_db))
+    second = await start_agent(config)
+    stored = await poll_rows(
+        stack, influx_db, query, lambda r: bool(r) and r[0]["count"] >= total, within_s=60
+    )
+    await stop(second)
+    print(f"stored before restart: {stored_before_restart}; after: {stored[0]['count']}")
+    assert stored_before_restart, "the first agent stored nothing before SIGTERM"
+    assert 0 < stored_before_restart[0]["count"] < total, "SIGTERM did not land mid-stream"
+    assert stored[0]["count"] == total
+    distinct = rows(
+        await influxql(stack, 'SELECT count(distinct("seq")) FROM "lighting"', influx_db)
+    )
+    assert distinct[0]["count"] == total
