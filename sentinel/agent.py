@@ -22,7 +22,7 @@ from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder
 from sentinel.engine import Engine, build_instances
 from sentinel.httpserver import build_app
-from sentinel.inbox import Inbox
+from sentinel.inbox import Ack, Delivery, Inbox
 from sentinel.ingest import MqttReader
 from sentinel.metrics import Metrics
 from sentinel.pipeline import AlertNotifier, Pipeline
@@ -58,6 +58,8 @@ class Agent:
         )
         self.http_ready = asyncio.Event()
         self._stop = asyncio.Event()
+        # (store position, acks) per batch: acked once the store has made them durable.
+        self._to_ack: asyncio.Queue[tuple[int, list[Ack | None]]] = asyncio.Queue()
         self.pipeline: Pipeline | None = None
         self.writer: InfluxWriter | None = None
         self.internal_errors = 0
@@ -107,17 +109,22 @@ class Agent:
                     processor = tg.create_task(
                         self._process_until_closed(self.pipeline), name="batch-processor"
                     )
+                    acker = tg.create_task(self._ack_when_durable(self.writer), name="acker")
                     senders = [tg.create_task(self.writer.run(), name="influx-writer")]
                     if am is not None:
                         senders.append(tg.create_task(am.run(), name="alertmanager-sink"))
                     await self._stop.wait()
                     log.info("agent_stopping", pending=len(self.inbox))
-                    self.reader.stop()  # from here on nothing more is received or acknowledged
-                    reader.cancel()
+                    self.reader.stop()  # from here on nothing more is received
                     self.inbox.close()
                     await processor
                     for task in senders:
                         task.cancel()
+                    await asyncio.gather(*senders, return_exceptions=True)
+                    await self._drain(self.pipeline, self.writer, am)
+                    await self._ack_settled(self.writer)  # the last acks, then disconnect
+                    acker.cancel()
+                    reader.cancel()
             finally:
                 await self._drain(self.pipeline, self.writer, am)
                 await runner.cleanup()
@@ -125,19 +132,35 @@ class Agent:
     async def _process_until_closed(self, pipeline: Pipeline) -> None:
         linger = self.config.pipeline.batch_interval_s
         while not (self.inbox.closed and not len(self.inbox)):
-            batch = await self.inbox.take(linger)
-            if batch:
-                await self._process(pipeline, batch)
+            delivery = await self.inbox.take(linger)
+            if delivery.messages:
+                await self._process(pipeline, delivery)
             self.metrics.queue_depth.labels("inbox").set(len(self.inbox))
 
-    async def _process(self, pipeline: Pipeline, batch: list[tuple[str, bytes]]) -> None:
+    async def _process(self, pipeline: Pipeline, delivery: Delivery) -> None:
         try:
-            await pipeline.process(batch, time.time())
+            await pipeline.process(delivery.messages, time.time())
         except Exception:
-            # A bug must not stop ingestion: the batch's data is already stored (the
-            # pipeline stores before it scores); log loudly and carry on.
+            # A bug must not stop ingestion: the batch's data is already queued for storage
+            # (the pipeline stores before it scores); log loudly and carry on.
             self.internal_errors += 1
-            log.exception("batch_failed", size=len(batch))
+            log.exception("batch_failed", size=len(delivery.messages))
+        assert self.writer is not None
+        self._to_ack.put_nowait((self.writer.position, delivery.acks))
+
+    async def _ack_when_durable(self, writer: InfluxWriter) -> None:
+        while True:
+            position, acks = await self._to_ack.get()
+            await writer.wait_durable(position)
+            self.metrics.mqtt_acked.inc(self.reader.ack(acks))
+
+    async def _ack_settled(self, writer: InfluxWriter) -> None:
+        """At shutdown: ack the batches already durable; the rest the broker will resend."""
+        while not self._to_ack.empty():
+            position, acks = self._to_ack.get_nowait()
+            if position > writer.durable:
+                break
+            self.metrics.mqtt_acked.inc(self.reader.ack(acks))
 
     async def _drain(
         self, pipeline: Pipeline, writer: InfluxWriter, am: AlertmanagerSink | None

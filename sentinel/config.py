@@ -101,7 +101,8 @@ class InfluxConfig(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # Also the acknowledgement latency: messages are acked to the broker once written.
+    flush_interval_s: float = Field(default=0.5, gt=0, le=60)
     timeout_s: float = Field(default=10.0, gt=0)
     # Points held in memory while InfluxDB is slow or away; past this the pipeline waits
     # (backpressure to the broker, which queues for our persistent session).

@@ -1,10 +1,10 @@
 """The MQTT side: subscribe with a persistent session, reconnect with jittered backoff.
 
 Messages go from the client's callback straight into the inbox (aiomqtt's `queue_type` hook),
-never through an async iterator: paho acknowledges a QoS 1 message as it reads it, so the
-message must be ours at that instant, with no task switch where a shutdown could lose it.
-Backpressure and shutdown both work by pausing the socket reads: unread messages stay with
-the broker, which resends them to our persistent session.
+never through an async iterator. Acknowledgements are manual: the agent acks a QoS 1 message
+once its data is durable (`ack`), so a crash at any point leaves the broker holding what was
+not yet stored, to resend to our persistent session. Backpressure works by pausing the socket
+reads: unread messages stay with the broker.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import ssl
 from collections.abc import Sequence
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 
 from sentinel.backoff import Backoff
 from sentinel.config import MqttConfig
-from sentinel.inbox import Inbox
+from sentinel.inbox import Ack, Inbox
 from sentinel.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -40,17 +41,21 @@ class MqttReader:
         self._client: aiomqtt.Client | None = None
         self._paused_fd: int | None = None
         self._stopping = False
+        self._connection = 0  # numbers connections: an ack is valid only on its own
         self.connected = asyncio.Event()
         inbox.pause, inbox.resume = self.pause, self.resume
 
     def _new_client(self) -> aiomqtt.Client:
         cfg, inbox = self._cfg, self._inbox
+        self._connection += 1
+        connection = self._connection
 
         class ToInbox(asyncio.Queue[aiomqtt.Message]):
             def put_nowait(self, item: aiomqtt.Message) -> None:
-                inbox.add(item.topic.value, _payload(item))
+                ack = (connection, item.mid) if item.qos > 0 else None
+                inbox.add(item.topic.value, _payload(item), ack)
 
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username,
@@ -61,11 +66,33 @@ class MqttReader:
             tls_context=ssl.create_default_context() if cfg.tls else None,
             queue_type=ToInbox,
         )
+        client._client.manual_ack_set(True)
+        return client
+
+    def _paho(self) -> mqtt.Client | None:
+        # aiomqtt offers no manual acks and no way to stop reading: both need its paho client,
+        # reached here and in the methods below only (aiomqtt is pinned below 3).
+        return self._client._client if self._client else None
+
+    def ack(self, acks: list[Ack | None]) -> int:
+        """Acknowledge messages whose data is durable; returns how many were acked.
+
+        Acks for an older connection are skipped: the broker resends those messages on the
+        new one, and storing them twice writes the same points again, which changes nothing.
+        """
+        paho = self._paho()
+        if paho is None:
+            return 0
+        current = self._connection
+        sent = 0
+        for ack in acks:
+            if ack is not None and ack[0] == current:
+                paho.ack(ack[1], 1)
+                sent += 1
+        return sent
 
     def _socket_fd(self) -> int | None:
-        # aiomqtt has no public way to stop reading; its paho client and socket are reached
-        # here, and only here (aiomqtt is pinned below 3 in pyproject.toml).
-        paho = self._client._client if self._client else None
+        paho = self._paho()
         sock = paho.socket() if paho is not None else None
         return sock.fileno() if sock is not None and sock.fileno() >= 0 else None
 
@@ -80,13 +107,14 @@ class MqttReader:
         if self._paused_fd is None or self._stopping or self._client is None:
             return
         fd, self._paused_fd = self._paused_fd, None
-        if fd == self._socket_fd():
-            client = self._client
+        paho = self._paho()
+        if fd == self._socket_fd() and paho is not None:
             # Re-register aiomqtt's own read callback for the same socket.
-            client._on_socket_open(client._client, None, client._client.socket())
+            self._client._on_socket_open(paho, None, paho.socket())
 
     def stop(self) -> None:
-        """For shutdown: pause for good; whatever was acknowledged is already in the inbox."""
+        """For shutdown: pause for good. The connection stays open for the last acks until
+        the task running `run` is cancelled."""
         self._stopping = True
         self.pause()
 

@@ -69,6 +69,11 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "sentinel_mqtt_connected", "1 while subscribed to the broker", registry=r
         )
+        self.mqtt_acked = Counter(
+            "sentinel_mqtt_acked_total",
+            "QoS 1 messages acknowledged to the broker, once their data was stored",
+            registry=r,
+        )
         self.mqtt_reconnects = Counter(
             "sentinel_mqtt_reconnects_total", "Broker connection losses", registry=r
         )

@@ -177,6 +177,9 @@ async def test_a_small_inbox_pauses_reading_and_loses_nothing(
             within_s=30,
         )
         watcher.cancel()
+        await asyncio.sleep(cfg.influxdb.flush_interval_s)
+        acked = agent.metrics.registry.get_sample_value("sentinel_mqtt_acked_total")
     assert stored[0]["count"] == total
+    assert acked == total
     # One socket read can hand over several messages past the mark, never thousands.
     assert high_water <= peak < high_water + 500

@@ -1,4 +1,5 @@
-"""SIGTERM mid-stream, then a restart: every message the broker accepted is stored, once."""
+"""Stopped mid-stream (SIGTERM or SIGKILL), then restarted: every message the broker accepted
+is stored, exactly once."""
 
 from __future__ import annotations
 
@@ -63,33 +64,39 @@ async def start_agent(config: Path) -> asyncio.subprocess.Process:
     raise AssertionError("the agent did not subscribe")
 
 
-async def stop(proc: asyncio.subprocess.Process) -> bytes:
-    proc.send_signal(signal.SIGTERM)
+async def stop(proc: asyncio.subprocess.Process, how: signal.Signals = signal.SIGTERM) -> bytes:
+    proc.send_signal(how)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    expected = 0 if how == signal.SIGTERM else -how
+    assert proc.returncode == expected, err.decode()[-2000:]
     return err
 
 
-async def test_sigterm_midstream_then_restart_loses_nothing(
-    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
-) -> None:
-    config = tmp_path / "agent.toml"
-    write_config(config, stack, influx_db, fleet.root, f"agent-{fleet.root[-10:]}")
-    total = 20_000
+def stream(fleet: FleetTopics, total: int) -> list[tuple[str, bytes]]:
     now = time.time()
-    messages = [
+    return [
         (
             fleet.telemetry("lyon", "gerland", "lighting", f"lyon-lum-{i % 500:05d}"),
             orjson.dumps({"ts": now - 3600 + i * 0.1, "seq": i, "metrics": {"power_w": i % 97}}),
         )
         for i in range(total)
     ]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+async def test_stopped_midstream_then_restarted_loses_nothing(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    config = tmp_path / "agent.toml"
+    write_config(config, stack, influx_db, fleet.root, f"agent-{fleet.root[-10:]}")
+    total = 30_000  # more than the broker's in-flight window: acks must flow
     first = await start_agent(config)
-    publisher = asyncio.create_task(publish_all(stack.mqtt_url, messages))
-    await asyncio.sleep(0.3)  # stop the agent while the stream is flowing
-    err = await stop(first)
+    publisher = asyncio.create_task(publish_all(stack.mqtt_url, stream(fleet, total)))
+    await asyncio.sleep(0.5)  # stop the agent while the stream is flowing
+    err = await stop(first, stop_signal)
     await publisher
-    assert b"agent_stopped" in err
+    if stop_signal == signal.SIGTERM:
+        assert b"agent_stopped" in err
     query = 'SELECT count("power_w") FROM "lighting"'
     stored_before_restart = rows(await influxql(stack, query, influx_db))
     second = await start_agent(config)
@@ -98,8 +105,8 @@ async def test_sigterm_midstream_then_restart_loses_nothing(
     )
     await stop(second)
     print(f"stored before restart: {stored_before_restart}; after: {stored[0]['count']}")
-    assert stored_before_restart, "the first agent stored nothing before SIGTERM"
-    assert 0 < stored_before_restart[0]["count"] < total, "SIGTERM did not land mid-stream"
+    assert stored_before_restart, "the first agent stored nothing before it was stopped"
+    assert 0 < stored_before_restart[0]["count"] < total, "the stop did not land mid-stream"
     assert stored[0]["count"] == total
     distinct = rows(
         await influxql(stack, 'SELECT count(distinct("seq")) FROM "lighting"', influx_db)

@@ -90,16 +90,49 @@ class InfluxWriter:
         self._space.set()
         self.healthy = True
         self.last_error: str | None = None
+        # Lines ever put, and lines whose fate is settled (stored, or refused by InfluxDB):
+        # both grow in FIFO order, so a position is durable once `_durable` reaches it.
+        self._enqueued = 0
+        self._durable = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     @property
     def pending(self) -> int:
         return len(self._lines)
+
+    @property
+    def durable(self) -> int:
+        return self._durable
+
+    @property
+    def position(self) -> int:
+        """The position just after the last line put: pass it to `wait_durable`."""
+        return self._enqueued
+
+    async def wait_durable(self, position: int) -> None:
+        if self._durable >= position:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((position, future))
+        await future
+
+    def _settled(self, n: int) -> None:
+        self._durable += n
+        still: list[tuple[int, asyncio.Future[None]]] = []
+        for position, future in self._waiters:
+            if position <= self._durable:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                still.append((position, future))
+        self._waiters = still
 
     async def put(self, lines: list[str]) -> None:
         while len(self._lines) >= self._cfg.max_buffered_points:
             self._space.clear()
             await self._space.wait()
         self._lines.extend(lines)
+        self._enqueued += len(lines)
         self._metrics.queue_depth.labels("influx").set(len(self._lines))
         if len(self._lines) >= self._cfg.batch_size:
             self._ready.set()
@@ -140,6 +173,7 @@ class InfluxWriter:
         self._metrics.influx_write_seconds.observe(time.perf_counter() - started)
         for _ in range(n):
             self._lines.popleft()
+        self._settled(n)
         self._metrics.queue_depth.labels("influx").set(len(self._lines))
         self._space.set()
         return True
