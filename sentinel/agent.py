@@ -27,6 +27,7 @@ from sentinel.ingest import MqttReader
 from sentinel.metrics import Metrics
 from sentinel.pipeline import AlertNotifier, Pipeline
 from sentinel.store.influx import InfluxHttp, InfluxWriter
+from sentinel.store.spool import Spool
 from sentinel.topics import TopicPattern
 
 log = structlog.get_logger(__name__)
@@ -77,9 +78,10 @@ class Agent:
     async def run(self) -> None:
         cfg = self.config
         async with aiohttp.ClientSession() as session:
-            self.writer = InfluxWriter(
-                InfluxHttp(session, cfg.influxdb), cfg.influxdb, self.metrics
-            )
+            spool_dir = cfg.influxdb.spool_dir
+            spool = Spool(spool_dir, cfg.influxdb.spool_max_bytes) if spool_dir else None
+            http = InfluxHttp(session, cfg.influxdb)
+            self.writer = InfluxWriter(http, cfg.influxdb, self.metrics, spool)
             notifiers: list[AlertNotifier] = []
             am: AlertmanagerSink | None = None
             if cfg.alertmanager.url:

@@ -108,6 +108,11 @@ class InfluxConfig(_Section):
     # (backpressure to the broker, which queues for our persistent session).
     max_buffered_points: int = Field(default=200_000, ge=1)
     retry_max_s: float = Field(default=30.0, gt=0)
+    # After this long without a successful write, points go to the on-disk spool (when set)
+    # and their messages are acknowledged; the spool drains in order once InfluxDB is back.
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    spool_after_s: float = Field(default=5.0, ge=0)
 
     def secret(self) -> str | None:
         return _read_secret(self.password, self.password_file, "influxdb.password_file")
@@ -233,7 +238,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         if not isinstance(section, dict):
             continue
         for key, value in section.items():
-            if (key.endswith("_file") or key == "path") and isinstance(value, str):
+            if (key.endswith(("_file", "_dir")) or key == "path") and isinstance(value, str):
                 p = Path(value)
                 section[key] = str(p if p.is_absolute() else base / p)
 

@@ -52,6 +52,15 @@ class Metrics:
         self.influx_write_errors = Counter(
             "sentinel_influx_write_errors_total", "Failed InfluxDB writes", ["kind"], registry=r
         )
+        self.spool_bytes = Gauge(
+            "sentinel_spool_bytes", "Bytes in the on-disk spool (InfluxDB away)", registry=r
+        )
+        self.spool_capacity_bytes = Gauge(
+            "sentinel_spool_capacity_bytes", "Size cap of the on-disk spool", registry=r
+        )
+        self.spooled_points = Counter(
+            "sentinel_spooled_points_total", "Points written to the on-disk spool", registry=r
+        )
         self.alerts = Counter(
             "sentinel_alerts_total", "Alerts raised", ["detector", "severity"], registry=r
         )

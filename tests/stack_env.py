@@ -9,7 +9,10 @@ The stack writes ``$STACK_DIR/stack.env`` (``KEY=VALUE`` lines) and keeps its se
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -97,3 +100,22 @@ def require_stack(*services: str) -> dict[str, str]:
     if os.environ.get("STACK_REQUIRED") == "1":
         pytest.fail(f"STACK_REQUIRED=1 but {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def stop_service(name: str, timeout_s: float = 30.0) -> None:
+    """Stop one service of the running stack (SIGTERM to the pid it recorded), and wait."""
+    pid = int((stack_dir() / "run" / f"{name}.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{name} (pid {pid}) did not stop within {timeout_s} s")
+
+
+def start_stack() -> None:
+    """`deploy/local/stack up`: starts whatever is not running, waits until it answers."""
+    subprocess.run([str(STACK_SCRIPT), "up"], check=True, capture_output=True, timeout=300)

@@ -20,6 +20,7 @@ from sentinel.backoff import Backoff
 from sentinel.config import InfluxConfig
 from sentinel.errors import StoreError
 from sentinel.metrics import Metrics
+from sentinel.store.spool import Spool, SpoolFull
 
 log = structlog.get_logger(__name__)
 
@@ -74,35 +75,44 @@ class InfluxHttp:
 
 
 class InfluxWriter:
-    """Batches lines by size and time; retries failed batches in order, without dropping them.
+    """Batches lines by size and time and writes them in order, without dropping any.
 
-    `put` waits when `max_buffered_points` are pending: the pipeline slows, the MQTT client
-    stops reading, and the broker queues messages for our persistent session.
+    While InfluxDB answers, lines wait in memory. Once writes have failed for `spool_after_s`
+    (or memory holds `max_buffered_points`), lines go to the on-disk spool instead, and stay
+    there in order until InfluxDB is back and the spool is drained. Without a spool, or with
+    a full one, `put` waits: the pipeline slows, the MQTT reader pauses, and the broker keeps
+    the messages for our persistent session.
+
+    A line is *durable* once InfluxDB has it or the spool has fsynced it (`wait_durable`);
+    the agent acknowledges a message to the broker only then.
     """
 
-    def __init__(self, http: InfluxHttp, cfg: InfluxConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, http: InfluxHttp, cfg: InfluxConfig, metrics: Metrics, spool: Spool | None = None
+    ) -> None:
         self._http = http
         self._cfg = cfg
         self._metrics = metrics
+        self._spool = spool
         self._lines: deque[str] = deque()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self.healthy = True
+        self.failing_since: float | None = None
         self.last_error: str | None = None
-        # Lines ever put, and lines whose fate is settled (stored, or refused by InfluxDB):
-        # both grow in FIFO order, so a position is durable once `_durable` reaches it.
+        # Lines ever put, and lines whose fate is settled (stored, spooled, or refused by
+        # InfluxDB): both grow in FIFO order, so a position is durable once `durable` reaches it.
         self._enqueued = 0
-        self._durable = 0
+        self.durable = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        if spool is not None:
+            metrics.spool_capacity_bytes.set(spool.max_bytes)
+            metrics.spool_bytes.set(spool.bytes)
 
     @property
     def pending(self) -> int:
         return len(self._lines)
-
-    @property
-    def durable(self) -> int:
-        return self._durable
 
     @property
     def position(self) -> int:
@@ -110,30 +120,60 @@ class InfluxWriter:
         return self._enqueued
 
     async def wait_durable(self, position: int) -> None:
-        if self._durable >= position:
+        if self.durable >= position:
             return
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((position, future))
         await future
 
     def _settled(self, n: int) -> None:
-        self._durable += n
+        self.durable += n
         still: list[tuple[int, asyncio.Future[None]]] = []
         for position, future in self._waiters:
-            if position <= self._durable:
-                if not future.done():
-                    future.set_result(None)
-            else:
+            if position > self.durable:
                 still.append((position, future))
+            elif not future.done():
+                future.set_result(None)
         self._waiters = still
 
+    def _should_spool(self) -> bool:
+        if self._spool is None:
+            return False
+        if self._spool:
+            return True  # keep order: nothing overtakes what is already spooled
+        outage = self.failing_since is not None and (
+            time.monotonic() - self.failing_since >= self._cfg.spool_after_s
+        )
+        return outage or len(self._lines) >= self._cfg.max_buffered_points
+
+    def _spill(self) -> bool:
+        """Move every line in memory to the spool; False when the spool is full."""
+        assert self._spool is not None
+        if not self._lines:
+            return True
+        try:
+            self._spool.append(list(self._lines))
+        except SpoolFull:
+            return False
+        n = len(self._lines)
+        self._lines.clear()
+        self._settled(n)
+        self._metrics.spooled_points.inc(n)
+        self._metrics.spool_bytes.set(self._spool.bytes)
+        self._metrics.queue_depth.labels("influx").set(0)
+        return True
+
     async def put(self, lines: list[str]) -> None:
-        while len(self._lines) >= self._cfg.max_buffered_points:
-            self._space.clear()
-            await self._space.wait()
         self._lines.extend(lines)
         self._enqueued += len(lines)
         self._metrics.queue_depth.labels("influx").set(len(self._lines))
+        if self._should_spool() and self._spill():
+            return
+        while len(self._lines) >= self._cfg.max_buffered_points:
+            self._space.clear()
+            await self._space.wait()
+            if self._should_spool():
+                self._spill()
         if len(self._lines) >= self._cfg.batch_size:
             self._ready.set()
 
@@ -143,46 +183,70 @@ class InfluxWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), self._cfg.flush_interval_s)
             self._ready.clear()
-            while self._lines:
-                if await self._write_head():
+            while self._lines or self._spool:
+                if await self._write_next():
                     backoff.reset()
                 else:
+                    if self._should_spool():
+                        self._spill()
                     await asyncio.sleep(backoff.next_delay())
-                if len(self._lines) < self._cfg.batch_size:
+                if not self._spool and len(self._lines) < self._cfg.batch_size:
                     break
 
-    async def _write_head(self) -> bool:
-        n = min(len(self._lines), self._cfg.batch_size)
-        batch = [self._lines[i] for i in range(n)]
+    async def _write_next(self) -> bool:
+        """Write the oldest batch (spooled lines first); False when InfluxDB is unavailable."""
+        from_spool = bool(self._spool)
+        if self._spool:
+            batch = self._spool.head(self._cfg.batch_size)
+        else:
+            batch = [self._lines[i] for i in range(min(len(self._lines), self._cfg.batch_size))]
+        if not batch:
+            return True
+        if not await self._send(batch):
+            return False
+        if from_spool:
+            assert self._spool is not None
+            self._spool.consume(len(batch))
+            self._metrics.spool_bytes.set(self._spool.bytes)
+            if not self._spool:
+                log.info("spool_drained")
+        else:
+            for _ in range(len(batch)):
+                self._lines.popleft()
+            self._settled(len(batch))
+            self._metrics.queue_depth.labels("influx").set(len(self._lines))
+        self._space.set()
+        return True
+
+    async def _send(self, batch: list[str]) -> bool:
         started = time.perf_counter()
         try:
             await self._http.write("\n".join(batch).encode())
         except StoreError as exc:
-            self._metrics.influx_write_errors.labels(
-                "rejected" if not exc.retryable else "unavailable"
-            ).inc()
             self.last_error = str(exc)
             if exc.retryable:
+                self._metrics.influx_write_errors.labels("unavailable").inc()
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
                 self.healthy = False
                 log.warning("influx_write_failed", error=str(exc), pending=len(self._lines))
                 return False
-            log.error("influx_points_refused", error=str(exc), points=n)
+            self._metrics.influx_write_errors.labels("rejected").inc()
+            log.error("influx_points_refused", error=str(exc), points=len(batch))
         else:
-            self._metrics.influx_points_written.inc(n)
-            self.healthy = True
+            self._metrics.influx_points_written.inc(len(batch))
+            self.healthy, self.failing_since = True, None
         self._metrics.influx_write_seconds.observe(time.perf_counter() - started)
-        for _ in range(n):
-            self._lines.popleft()
-        self._settled(n)
-        self._metrics.queue_depth.labels("influx").set(len(self._lines))
-        self._space.set()
         return True
 
     async def flush(self, deadline_s: float = 10.0) -> int:
-        """Write what is pending (for shutdown); returns how many lines are still unwritten."""
+        """For shutdown: write what is in memory, or spool it; returns lines left unsettled."""
         end = time.monotonic() + deadline_s
         while self._lines and time.monotonic() < end:
-            if not await self._write_head():
+            if self._spool is not None and (self._spool or not self.healthy):
+                self._spill()
+                break
+            if not await self._write_next():
                 await asyncio.sleep(0.2)
         return len(self._lines)
 
