@@ -7,6 +7,7 @@ Secrets come from `*_file` paths or the environment, never from the TOML file's 
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,8 @@ class MqttConfig(_Section):
     username: str | None = "sentinel-agent"
     password: SecretStr | None = None
     password_file: Path | None = None
+    # For mqtts:// with a private CA (the local stack makes one); default: the system's CAs.
+    ca_file: Path | None = None
     telemetry_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/telemetry"
     status_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/status"
     qos: Literal[0, 1, 2] = 1
@@ -81,6 +84,14 @@ class MqttConfig(_Section):
 
     def secret(self) -> str | None:
         return _read_secret(self.password, self.password_file, "mqtt.password_file")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        try:
+            return ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("tls", [f"mqtt.ca_file: cannot use {self.ca_file}: {exc}"]) from None
 
 
 class ValidationConfig(_Section):

@@ -10,7 +10,6 @@ reads: unread messages stay with the broker.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Sequence
 
 import aiomqtt
@@ -63,7 +62,7 @@ class MqttReader:
             identifier=cfg.client_id,
             clean_session=cfg.clean_session,
             keepalive=cfg.keepalive_s,
-            tls_context=ssl.create_default_context() if cfg.tls else None,
+            tls_context=cfg.tls_context(),
             queue_type=ToInbox,
         )
         client._client.manual_ack_set(True)
