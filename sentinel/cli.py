@@ -9,12 +9,14 @@ import typer
 
 from sentinel.config import Config, load_config
 from sentinel.errors import ConfigError
+from sentinel.traffic.cli import app as pcap_app
 
 app = typer.Typer(
     help="Sentinel: security monitoring for a territory's connected devices.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(pcap_app, name="pcap", help="Analyse MQTT and network traffic in capture files.")
 
 ConfigOption = Annotated[
     Path,

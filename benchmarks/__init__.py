@@ -1,0 +1,1 @@
+"""Benchmarks that run Sentinel's pure detectors on public corpora."""
