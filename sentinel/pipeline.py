@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from detectors.model import Record, StatusRecord
-from sentinel.alerting.alerts import Alert, AlertBook
+from detectors.model import Record, StatusRecord, Transition
+from sentinel.alerting.alerts import Alert, AlertBook, AlertSource
 from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder, Reason, Rejection
 from sentinel.engine import Engine
@@ -69,7 +69,15 @@ class Pipeline:
             else:
                 statuses.append(out)
         self._count(records, statuses, rejected, len(batch))
+        changed = await self.ingest(records, statuses)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        return changed
 
+    async def ingest(
+        self, records: Sequence[Record], statuses: Sequence[StatusRecord] = ()
+    ) -> list[Alert]:
+        """Store and score records that are already valid: decoded telemetry, or features
+        derived from traffic (sentinel.traffic) that enter the engine like any telemetry."""
         # Store before scoring: a detector failure must not cost the data.
         lines = lines_for([*records, *statuses])
         if lines:
@@ -77,12 +85,20 @@ class Pipeline:
         changed: list[Alert] = []
         for source, transitions in self.engine.process(records):
             changed += self.book.apply(source, transitions)
+        await self.publish(changed)
+        return changed
+
+    async def raise_alerts(self, source: AlertSource, transitions: list[Transition]) -> list[Alert]:
+        """Alerts found outside the engine (traffic and broker-log detections)."""
+        changed = self.book.apply(source, transitions)
+        await self.publish(changed)
+        return changed
+
+    async def publish(self, changed: list[Alert]) -> None:
         if changed:
             await self.store.put([alert_line(a) for a in changed])
         for notifier in self.notifiers:
             notifier.notify(changed)
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        return changed
 
     def _admit(self, device_id: str) -> bool:
         if device_id in self.known_devices:
