@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from detectors.model import Record, StatusRecord, Transition
+from sentinel import admission
+from sentinel.admission import Admission
 from sentinel.alerting.alerts import Alert, AlertBook, AlertSource
 from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder, Reason, Rejection
@@ -47,8 +49,7 @@ class Pipeline:
         self.notifiers = notifiers
         self.metrics = metrics
         self.deadletters = deadletters
-        self.max_devices = max_devices
-        self.known_devices: set[str] = set()
+        self.admission = Admission(max_devices)
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
@@ -59,8 +60,8 @@ class Pipeline:
         rejected: Counter[str] = Counter()
         for topic, payload in batch:
             out = self.decoder.decode(topic, payload, now)
-            if not isinstance(out, Rejection) and not self._admit(out.device.device_id):
-                out = Rejection(Reason.DEVICE_CAP, f"more than {self.max_devices} devices")
+            if not isinstance(out, Rejection) and not self.admission.admit(out.device.device_id):
+                out = Rejection(Reason.DEVICE_CAP, "a new device id beyond the cap")
             if isinstance(out, Rejection):
                 rejected[out.reason] += 1
                 self.deadletters.add(now, topic, payload, out.reason, out.detail)
@@ -70,6 +71,9 @@ class Pipeline:
                 statuses.append(out)
         self._count(records, statuses, rejected, len(batch))
         changed = await self.ingest(records, statuses)
+        flood = self.admission.transitions(now)
+        if flood:
+            changed += await self.raise_alerts(admission.SOURCE, flood)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return changed
 
@@ -100,14 +104,6 @@ class Pipeline:
         for notifier in self.notifiers:
             notifier.notify(changed)
 
-    def _admit(self, device_id: str) -> bool:
-        if device_id in self.known_devices:
-            return True
-        if len(self.known_devices) >= self.max_devices:
-            return False
-        self.known_devices.add(device_id)
-        return True
-
     def _count(
         self,
         records: list[Record],
@@ -125,4 +121,4 @@ class Pipeline:
         self.accepted += len(records) + len(statuses)
         self.rejected.update(rejected)
         m.deadletter_size.set(len(self.deadletters))
-        m.tracked_devices.set(len(self.known_devices))
+        m.tracked_devices.set(len(self.admission.known))
