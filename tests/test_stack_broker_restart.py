@@ -9,8 +9,8 @@ import uuid
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import (
     FleetTopics,

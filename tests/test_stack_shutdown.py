@@ -4,72 +4,18 @@ is stored, exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import FleetTopics, Stack, free_port, influxql, poll_rows, rows
+from tests.agent_process import start_agent, write_config
+from tests.conftest import FleetTopics, Stack, influxql, poll_rows, rows
 from tests.mqtt_util import publish_all
-from tests.stack_env import secret
 
 pytestmark = pytest.mark.stack
-
-
-def write_config(path: Path, stack: Stack, db: str, root: str, client_id: str) -> None:
-    path.write_text(
-        f"""
-[mqtt]
-url = "{stack.mqtt_url}"
-client_id = "{client_id}"
-telemetry_topic = "{root}/{{tenant}}/{{zone}}/{{kind}}/{{device_id}}/telemetry"
-status_topic = "{root}/{{tenant}}/{{zone}}/{{kind}}/{{device_id}}/status"
-[influxdb]
-url = "{stack.influx_url}"
-database = "{db}"
-[alertmanager]
-url = ""
-[http]
-listen = "127.0.0.1:{free_port()}"
-"""
-    )
-
-
-async def start_agent(config: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "SENTINEL_MQTT__PASSWORD": secret("mqtt-agent"),
-        "SENTINEL_INFLUXDB__PASSWORD": secret("influx-agent"),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sentinel.cli",
-        "run",
-        "--config",
-        str(config),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # ready once subscribed
-        line = await asyncio.wait_for(proc.stderr.readline(), 20)
-        if b"mqtt_subscribed" in line:
-            return proc
-    raise AssertionError("the agent did not subscribe")
-
-
-async def stop(proc: asyncio.subprocess.Process, how: signal.Signals = signal.SIGTERM) -> bytes:
-    proc.send_signal(how)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    expected = 0 if how == signal.SIGTERM else -how
-    assert proc.returncode == expected, err.decode()[-2000:]
-    return err
 
 
 def stream(fleet: FleetTopics, total: int) -> list[tuple[str, bytes]]:
@@ -93,7 +39,7 @@ async def test_stopped_midstream_then_restarted_loses_nothing(
     first = await start_agent(config)
     publisher = asyncio.create_task(publish_all(stack.mqtt_url, stream(fleet, total)))
     await asyncio.sleep(0.5)  # stop the agent while the stream is flowing
-    err = await stop(first, stop_signal)
+    err = await first.stop(stop_signal)
     await publisher
     if stop_signal == signal.SIGTERM:
         assert b"agent_stopped" in err
@@ -103,7 +49,7 @@ async def test_stopped_midstream_then_restarted_loses_nothing(
     stored = await poll_rows(
         stack, influx_db, query, lambda r: bool(r) and r[0]["count"] >= total, within_s=60
     )
-    await stop(second)
+    await second.stop()
     print(f"stored before restart: {stored_before_restart}; after: {stored[0]['count']}")
     assert stored_before_restart, "the first agent stored nothing before it was stopped"
     assert 0 < stored_before_restart[0]["count"] < total, "the stop did not land mid-stream"
