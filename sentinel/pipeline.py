@@ -10,6 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
+import structlog
+
 from detectors.model import Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
@@ -19,6 +21,8 @@ from sentinel.decode import Decoder, Reason, Rejection
 from sentinel.engine import Engine
 from sentinel.metrics import Metrics
 from sentinel.store.lineprotocol import alert_line, lines_for
+
+log = structlog.get_logger(__name__)
 
 
 class LineSink(Protocol):
@@ -65,6 +69,14 @@ class Pipeline:
             if isinstance(out, Rejection):
                 rejected[out.reason] += 1
                 self.deadletters.add(now, topic, payload, out.reason, out.detail)
+                # Attacker-controlled text: truncated here, escaped by the JSON renderer.
+                log.debug(
+                    "rejected",
+                    reason=out.reason.value,
+                    detail=out.detail,
+                    topic=topic[:128],
+                    payload=payload[:64].decode("utf-8", "backslashreplace"),
+                )
             elif isinstance(out, Record):
                 records.append(out)
             else:

@@ -201,3 +201,51 @@ async def test_a_million_hostile_messages(
     flood = [a for a in alerts["active"] if a["labels"]["alertname"] == "DeviceCapReached"]
     assert len(flood) == 1
     assert rss_end - rss_start < 150 * 2**20
+
+
+async def test_debug_logs_leak_no_secret_and_no_raw_control_characters(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    write_config(
+        config,
+        stack,
+        influx_db,
+        fleet.root,
+        f"logs-{fleet.root[-10:]}",
+        extra='[log]\nlevel = "debug"\n',
+    )
+    agent = await start_agent(config)
+    now = time.time()
+    raw_terminal_escape = b'\x1b[2J\x1b]0;pwned\x07 fake log line\n{"event": "forged"}'
+    messages = [
+        Message(now, topic, payload, "logs")
+        for topic, payload, _ in (hostile(fleet, i, now) for i in range(40 * FAMILIES))
+    ]
+    messages.append(
+        Message(now, fleet.telemetry("lyon", "centre", "video", "c-1"), raw_terminal_escape, "x")
+    )
+    await publish(
+        messages,
+        mqtt_url=stack.mqtt_url,
+        username="sentinel-sim",
+        password=secret("mqtt-sim"),
+        client_id=f"logs-pub-{fleet.root[-10:]}",
+        speed=math.inf,
+    )
+    await asyncio.sleep(2)
+    log = (await agent.stop()).decode()
+    lines = log.splitlines()
+    assert any('"mqtt_subscribed"' in line for line in lines)
+    rejected = [orjson.loads(line) for line in lines if '"event": "rejected"' in line]
+    assert len(rejected) >= 30 * (FAMILIES - 3)
+    # The hostile text is there, escaped in the line: ESC, BEL and a newline from a payload,
+    # "lyön" from a topic; and nobody forged an event of their own.
+    assert any(r["payload"].startswith("\x1b[2J\x1b]0;pwned\x07 fake log line\n") for r in rejected)
+    assert not any('"event": "forged"' in line and '"rejected"' not in line for line in lines)
+    assert any("/lyön/" in r["topic"] for r in rejected)
+    for name in ("mqtt-agent", "influx-agent", "mqtt-sim", "influx-admin"):
+        assert secret(name) not in log
+    for line in lines:
+        assert orjson.loads(line)  # one event per line: nothing injected a line break
+        assert not any(ord(c) < 0x20 for c in line)  # escaped, never raw
