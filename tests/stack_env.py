@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -119,3 +120,12 @@ def stop_service(name: str, timeout_s: float = 30.0) -> None:
 def start_stack() -> None:
     """`deploy/local/stack up`: starts whatever is not running, waits until it answers."""
     subprocess.run([str(STACK_SCRIPT), "up"], check=True, capture_output=True, timeout=300)
+
+
+def mqtt_tls_context(env: dict[str, str]) -> ssl.SSLContext:
+    """A client TLS context that trusts the stack's CA (``STACK_CA_FILE``) and checks the name.
+
+    For ``STACK_MQTTS_URL`` (``mqtts://127.0.0.1:18883``): the broker's certificate names
+    ``127.0.0.1``, ``::1`` and ``localhost``.
+    """
+    return ssl.create_default_context(cafile=env["STACK_CA_FILE"])

@@ -26,23 +26,26 @@ STACK_SCRIPT = DEPLOY / "local" / "stack"
 GRAFANA = REPO / "grafana"
 STACK_VOLUME = "stack"
 STACK_MOUNT = "/stack"
+# The CA certificate `stack render` makes (tls/ in the stack volume); MQTT clients verify with it.
+STACK_CA_FILE = f"{STACK_MOUNT}/tls/ca.crt"
 GRAFANA_PORT = 3000
 
 # Which stack ports each compose service may mention; every one of them must appear at least once.
+# MQTT clients and the broker's healthcheck use the TLS listener (STACK_MQTTS_PORT).
 SERVICE_PORT_KEYS: dict[str, set[str]] = {
-    "mosquitto": {"STACK_MQTT_PORT"},
+    "mosquitto": {"STACK_MQTTS_PORT"},
     "influxdb": {"STACK_INFLUX_PORT"},
     "prometheus": {"STACK_PROM_PORT"},
     "alertmanager": {"STACK_AM_PORT"},
-    "agent": {"STACK_MQTT_PORT", "STACK_INFLUX_PORT", "STACK_AM_PORT", "STACK_AGENT_PORT"},
-    "simulator": {"STACK_MQTT_PORT"},
+    "agent": {"STACK_MQTTS_PORT", "STACK_INFLUX_PORT", "STACK_AM_PORT", "STACK_AGENT_PORT"},
+    "simulator": {"STACK_MQTTS_PORT"},
     "grafana": set(),
     "init": set(),
     "influx-init": set(),
 }
 # Agent environment overrides (SENTINEL_<SECTION>__<KEY>) and the URL each must equal.
 AGENT_ENV_URLS = {
-    "SENTINEL_MQTT__URL": "mqtt://127.0.0.1:{STACK_MQTT_PORT}",
+    "SENTINEL_MQTT__URL": "mqtts://127.0.0.1:{STACK_MQTTS_PORT}",
     "SENTINEL_INFLUXDB__URL": "http://127.0.0.1:{STACK_INFLUX_PORT}",
     "SENTINEL_ALERTMANAGER__URL": "http://127.0.0.1:{STACK_AM_PORT}",
     "SENTINEL_HTTP__LISTEN": "127.0.0.1:{STACK_AGENT_PORT}",
@@ -161,13 +164,14 @@ def all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 def test_stack_script_declares_every_port() -> None:
     assert set(stack_defaults()) == {
         "STACK_MQTT_PORT",
+        "STACK_MQTTS_PORT",
         "STACK_INFLUX_PORT",
         "STACK_INFLUX_RPC_PORT",
         "STACK_PROM_PORT",
         "STACK_AM_PORT",
         "STACK_AGENT_PORT",
     }
-    assert len(set(stack_defaults().values())) == 6
+    assert len(set(stack_defaults().values())) == 7
 
 
 def test_every_service_is_known_and_uses_host_network() -> None:
@@ -197,10 +201,28 @@ def test_agent_environment_overrides_match_the_local_stack() -> None:
         assert env[key] == template.format(**defaults), key
 
 
-def test_simulator_targets_the_stack_broker() -> None:
-    command = services()["simulator"]["command"]
+def test_agent_uses_tls_with_the_stack_ca() -> None:
+    env = services()["agent"]["environment"]
+    assert urlsplit(env["SENTINEL_MQTT__URL"]).scheme == "mqtts"
+    assert env["SENTINEL_MQTT__CA_FILE"] == STACK_CA_FILE
+
+
+def test_simulator_targets_the_stack_broker_over_tls() -> None:
+    svc = services()["simulator"]
+    command = svc["command"]
     mqtt_url = command[command.index("--mqtt") + 1]
-    assert mqtt_url == f"mqtt://127.0.0.1:{stack_defaults()['STACK_MQTT_PORT']}"
+    assert mqtt_url == f"mqtts://127.0.0.1:{stack_defaults()['STACK_MQTTS_PORT']}"
+    # The simulator verifies the broker against the default CA bundle: the stack's CA here.
+    assert svc["environment"]["SSL_CERT_FILE"] == STACK_CA_FILE
+    password_file = PurePosixPath(command[command.index("--password-file") + 1])
+    assert password_file.parent == PurePosixPath(STACK_MOUNT, "secrets")
+    assert password_file.stem in stack_secret_names()
+
+
+def test_broker_healthcheck_uses_the_tls_listener() -> None:
+    test = " ".join(services()["mosquitto"]["healthcheck"]["test"])
+    assert f"-p {stack_defaults()['STACK_MQTTS_PORT']}" in test
+    assert f"--cafile {STACK_CA_FILE}" in test
 
 
 def test_grafana_listens_on_loopback() -> None:
@@ -253,6 +275,10 @@ def test_paths_in_the_stack_volume_are_rendered_by_the_stack_script() -> None:
                 assert rel.stem in secret_names, raw
             else:
                 assert f"secrets/{rel.parts[1]}" in script or rel.parts[1] in script, raw
+        elif top == "tls":
+            # Made by render_tls under $(tls_dir), not rendered from a template.
+            assert len(rel.parts) == 2, raw
+            assert re.search(rf'\$dir/{re.escape(rel.name)}"', script), raw
         elif len(rel.parts) == 2 and rel.suffix:
             assert (DEPLOY / rel).is_file(), f"{raw}: no template deploy/{rel}"
         else:
@@ -294,7 +320,7 @@ def test_agent_config_file_uses_the_stack_ports() -> None:
     cfg = tomllib.loads(path.read_text(encoding="utf-8"))
     defaults = stack_defaults()
     expected = {
-        ("mqtt", "url"): defaults["STACK_MQTT_PORT"],
+        ("mqtt", "url"): defaults["STACK_MQTTS_PORT"],
         ("influxdb", "url"): defaults["STACK_INFLUX_PORT"],
         ("alertmanager", "url"): defaults["STACK_AM_PORT"],
         ("http", "listen"): defaults["STACK_AGENT_PORT"],
@@ -310,6 +336,13 @@ def test_agent_config_file_uses_the_stack_ports() -> None:
         password_file = cfg.get(section, {}).get("password_file")
         if password_file:
             assert Path(password_file).stem in secret_names, f"[{section}] password_file"
+    # TLS to the broker, verified against the CA the stack makes (../.stack/tls/ca.crt).
+    mqtt = cfg.get("mqtt", {})
+    if "url" in mqtt:
+        assert urlsplit(mqtt["url"]).scheme == "mqtts", "[mqtt] url must use TLS"
+        ca_file = PurePosixPath(mqtt["ca_file"])
+        assert ca_file.parts[-2:] == ("tls", "ca.crt"), "[mqtt] ca_file"
+        assert ca_file.parent.parent == PurePosixPath("..", ".stack"), "[mqtt] ca_file"
 
 
 # --- Grafana -------------------------------------------------------------------------------------

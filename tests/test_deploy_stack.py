@@ -13,8 +13,11 @@ import os
 import queue
 import re
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -30,7 +33,14 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.stack_env import REPO_ROOT, STACK_SCRIPT, host_port, require_stack, secret
+from tests.stack_env import (
+    REPO_ROOT,
+    STACK_SCRIPT,
+    host_port,
+    mqtt_tls_context,
+    require_stack,
+    secret,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -38,6 +48,7 @@ DEPLOY = REPO_ROOT / "deploy"
 GRAFANA = REPO_ROOT / "grafana"
 ALT_PORTS = {
     "STACK_MQTT_PORT": "28830",
+    "STACK_MQTTS_PORT": "28883",
     "STACK_INFLUX_PORT": "28086",
     "STACK_INFLUX_RPC_PORT": "28088",
     "STACK_PROM_PORT": "29090",
@@ -160,6 +171,14 @@ def test_render_substitutes_ports_and_paths(rendered: tuple[Path, str]) -> None:
     assert "listener 28830 127.0.0.1" in mosq
     assert f"password_file {stack_dir}/mosquitto/passwd" in mosq
     assert "allow_anonymous false" in mosq
+    tls_block = mosq.split("listener 28883 127.0.0.1\n", 1)[1]
+    for line in (
+        f"cafile {stack_dir}/tls/ca.crt",
+        f"certfile {stack_dir}/tls/server.crt",
+        f"keyfile {stack_dir}/tls/server.key",
+        "tls_version tlsv1.2",
+    ):
+        assert f"\n{line}\n" in f"\n{tls_block}", line
     influx = (stack_dir / "influxdb" / "influxdb.conf").read_text()
     assert 'bind-address = "127.0.0.1:28086"' in influx
     assert 'bind-address = "127.0.0.1:28088"' in influx
@@ -169,6 +188,8 @@ def test_render_substitutes_ports_and_paths(rendered: tuple[Path, str]) -> None:
     env = dict(line.split("=", 1) for line in (stack_dir / "stack.env").read_text().splitlines())
     assert env["STACK_DIR"] == str(stack_dir)
     assert env["STACK_MQTT_URL"] == "mqtt://127.0.0.1:28830"
+    assert env["STACK_MQTTS_URL"] == "mqtts://127.0.0.1:28883"
+    assert env["STACK_CA_FILE"] == f"{stack_dir}/tls/ca.crt"
     assert env["STACK_INFLUX_URL"] == "http://127.0.0.1:28086"
     assert env["STACK_PROM_URL"] == "http://127.0.0.1:29090"
     assert env["STACK_AM_URL"] == "http://127.0.0.1:29093"
@@ -185,6 +206,129 @@ def test_render_is_idempotent(rendered: tuple[Path, str]) -> None:
     assert proc.returncode == 0, proc.stderr
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in stack_dir.rglob("*") if p.is_file()}
     assert after == before
+
+
+# --- TLS material made by render -----------------------------------------------------------------
+
+
+def openssl(*args: str | Path) -> str:
+    proc = run("openssl", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def cert_days(path: Path) -> float:
+    """The certificate's validity period, in days."""
+    out = openssl("x509", "-in", path, "-noout", "-startdate", "-enddate")
+    dates = dict(line.split("=", 1) for line in out.splitlines())
+    fmt = "%b %d %H:%M:%S %Y %Z"
+    start = time.mktime(time.strptime(" ".join(dates["notBefore"].split()), fmt))
+    end = time.mktime(time.strptime(" ".join(dates["notAfter"].split()), fmt))
+    return (end - start) / 86400
+
+
+def test_render_makes_a_local_ca_and_the_broker_certificate(rendered: tuple[Path, str]) -> None:
+    stack_dir, output = rendered
+    tls = stack_dir / "tls"
+    modes = {"ca.key": 0o600, "server.key": 0o600, "ca.crt": 0o644, "server.crt": 0o644}
+    for name, mode in modes.items():
+        assert stat.S_IMODE((tls / name).stat().st_mode) == mode, name
+    if os.geteuid() == 0:
+        # Only this script signs with the CA key; only the broker's user reads its own key.
+        assert (tls / "ca.key").stat().st_uid == 0
+        assert run("stat", "-c", "%U", tls / "server.key").stdout.strip() == "mosquitto"
+    for key in ("ca.key", "server.key"):
+        text = (tls / key).read_text(encoding="utf-8")
+        body = "".join(text.splitlines()[1:-1])
+        assert body, key
+        assert body not in output.replace("\n", ""), f"render printed {key}"
+        assert "prime256v1" in openssl("pkey", "-in", tls / key, "-noout", "-text"), key
+    assert "server.crt: OK" in openssl("verify", "-CAfile", tls / "ca.crt", tls / "server.crt")
+    ca = openssl("x509", "-in", tls / "ca.crt", "-noout", "-ext", "basicConstraints,keyUsage")
+    assert "CA:TRUE" in ca
+    assert "Certificate Sign" in ca
+    server = openssl(
+        "x509",
+        "-in",
+        tls / "server.crt",
+        "-noout",
+        "-ext",
+        "basicConstraints,extendedKeyUsage,subjectAltName",
+    )
+    assert "CA:FALSE" in server
+    assert "TLS Web Server Authentication" in server
+    for name in ("DNS:localhost", "IP Address:127.0.0.1"):
+        assert name in server
+    assert 3000 < cert_days(tls / "ca.crt") <= 3660
+    assert 365 <= cert_days(tls / "server.crt") <= 825
+
+
+def test_tls_certificate_is_reissued_only_when_needed(tmp_path: Path) -> None:
+    need_binaries("mosquitto_passwd", "openssl")
+    env = {**os.environ, "STACK_DIR": str(tmp_path / "st"), **ALT_PORTS}
+    assert run(STACK_SCRIPT, "render", env=env).returncode == 0
+    tls = tmp_path / "st" / "tls"
+    before = {p.name: p.read_bytes() for p in tls.iterdir()}
+    proc = run(STACK_SCRIPT, "render", env={**env, "STACK_TLS_SAN": "DNS:mqtt.example.org"})
+    assert proc.returncode == 0, proc.stderr
+    assert "subjectAltName changed" in proc.stderr
+    after = {p.name: p.read_bytes() for p in tls.iterdir()}
+    for name in ("ca.crt", "ca.key", "server.key"):
+        assert after[name] == before[name], f"{name} must be kept"
+    assert after["server.crt"] != before["server.crt"]
+    san = openssl("x509", "-in", tls / "server.crt", "-noout", "-ext", "subjectAltName")
+    assert "DNS:mqtt.example.org" in san
+    assert "IP Address:127.0.0.1" in san
+    proc = run(STACK_SCRIPT, "render", env={**env, "STACK_TLS_SAN": "mqtt.example.org; rm -rf"})
+    assert proc.returncode != 0
+    assert "STACK_TLS_SAN must be" in proc.stderr
+
+
+def test_production_config_is_the_tls_listener_alone() -> None:
+    """Deleting the plain listener's one line leaves a broker that serves TLS only."""
+    need_binaries("mosquitto", "mosquitto_passwd", "openssl")
+    # Not pytest's tmp_path (0700): the broker drops to the mosquitto user, which must reach it.
+    base = Path(tempfile.mkdtemp(prefix="sentinel-prodconf-"))
+    base.chmod(0o755)
+    stack_dir = base / "st"
+    tls_port = free_port()
+    env = {**os.environ, "STACK_DIR": str(stack_dir), **ALT_PORTS}
+    broker: subprocess.Popen[str] | None = None
+    try:
+        assert run(STACK_SCRIPT, "render", env=env).returncode == 0
+        conf = (stack_dir / "mosquitto" / "mosquitto.conf").read_text(encoding="utf-8")
+        plain = f"listener {ALT_PORTS['STACK_MQTT_PORT']} 127.0.0.1\n"
+        assert conf.count(plain) == 1
+        prod = conf.replace(plain, "").replace(
+            f"listener {ALT_PORTS['STACK_MQTTS_PORT']} ", f"listener {tls_port} "
+        )
+        assert len(prod.splitlines()) == len(conf.splitlines()) - 1
+        prod_conf = stack_dir / "mosquitto" / "production.conf"
+        prod_conf.write_text(prod, encoding="utf-8")
+        broker = subprocess.Popen(
+            ["mosquitto", "-c", str(prod_conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ctx = ssl.create_default_context(cafile=stack_dir / "tls" / "ca.crt")
+        deadline = time.monotonic() + 10
+        while True:
+            assert broker.poll() is None, broker.communicate()[0]
+            try:
+                assert tls_handshake(("127.0.0.1", tls_port), ctx, "127.0.0.1") in TLS_VERSIONS
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the TLS-only broker never answered"
+                time.sleep(0.1)
+        broker.terminate()
+        log = broker.communicate(timeout=10)[0]
+        assert re.findall(r"Opening \S+ listen socket on port (\d+)", log) == [str(tls_port)]
+    finally:
+        if broker is not None and broker.poll() is None:
+            broker.kill()
+            broker.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_rendered_prometheus_config_and_rules_are_valid(rendered: tuple[Path, str]) -> None:
@@ -232,17 +376,27 @@ def test_rendered_influxdb_config_parses_with_auth_on(rendered: tuple[Path, str]
 
 
 class Probe:
-    """A paho-mqtt 2.x client that records what the broker answers and delivers."""
+    """A paho-mqtt 2.x client that records what the broker answers and delivers.
+
+    ``tls``: over the TLS listener, verifying the broker against the stack's CA.
+    """
 
     def __init__(
-        self, env: dict[str, str], user: str | None, protocol: MQTTProtocolVersion
+        self,
+        env: dict[str, str],
+        user: str | None,
+        protocol: MQTTProtocolVersion,
+        *,
+        tls: bool = False,
     ) -> None:
-        self.host, self.port = host_port(env["STACK_MQTT_URL"])
+        self.host, self.port = host_port(env["STACK_MQTTS_URL" if tls else "STACK_MQTT_URL"])
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"acltest-{uuid.uuid4().hex[:10]}",
             protocol=protocol,
         )
+        if tls:
+            self.client.tls_set_context(mqtt_tls_context(env))
         self.client.reconnect_delay_set(5, 5)
         if user is not None:
             name = "mqtt-" + user.removeprefix("sentinel-")
@@ -321,7 +475,26 @@ class Probe:
 
 @pytest.fixture
 def mqtt_env() -> dict[str, str]:
-    return require_stack("mosquitto")
+    env = require_stack("mosquitto")
+    problem = None
+    if "STACK_MQTTS_URL" not in env:
+        problem = "stack.env has no STACK_MQTTS_URL: rendered by an older deploy/local/stack"
+    elif not listening(host_port(env["STACK_MQTTS_URL"])):
+        problem = f"nothing listens on {env['STACK_MQTTS_URL']}: restart Mosquitto"
+    if problem is None:
+        return env
+    reason = f"{problem} (deploy/local/stack down, then up)"
+    if os.environ.get("STACK_REQUIRED") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def listening(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 @pytest.fixture
@@ -337,8 +510,10 @@ def probe(
     env: dict[str, str],
     user: str | None,
     protocol: MQTTProtocolVersion = MQTTProtocolVersion.MQTTv311,
+    *,
+    tls: bool = False,
 ) -> Probe:
-    p = Probe(env, user, protocol)
+    p = Probe(env, user, protocol, tls=tls)
     made.append(p)
     rc = p.connect()
     if user is not None:
@@ -350,13 +525,17 @@ def tenant() -> str:
     return f"acltest-{uuid.uuid4().hex[:10]}"
 
 
+LISTENERS = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+
+
+@LISTENERS
 @pytest.mark.parametrize(
     "protocol", [MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5], ids=["v311", "v5"]
 )
 def test_anonymous_connect_is_refused(
-    mqtt_env: dict[str, str], probes: list[Probe], protocol: MQTTProtocolVersion
+    mqtt_env: dict[str, str], probes: list[Probe], protocol: MQTTProtocolVersion, tls: bool
 ) -> None:
-    rc = probe(probes, mqtt_env, None, protocol).connack
+    rc = probe(probes, mqtt_env, None, protocol, tls=tls).connack
     assert rc is not None
     assert rc.is_failure
     # Mosquitto 2.0.11: CONNACK 5 (v3.1.1) / 0x87 (v5), "Not authorized".
@@ -398,14 +577,15 @@ def test_agent_may_publish_alerts_and_read_sys(
     assert payload.startswith(b"mosquitto version")
 
 
+@LISTENERS
 @pytest.mark.parametrize(
     "protocol", [MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5], ids=["v311", "v5"]
 )
 def test_device_cannot_read_another_device(
-    mqtt_env: dict[str, str], probes: list[Probe], protocol: MQTTProtocolVersion
+    mqtt_env: dict[str, str], probes: list[Probe], protocol: MQTTProtocolVersion, tls: bool
 ) -> None:
     root = f"fleet/{tenant()}/z/video"
-    dev1 = probe(probes, mqtt_env, "probe-dev-1", protocol)
+    dev1 = probe(probes, mqtt_env, "probe-dev-1", protocol, tls=tls)
     # Mosquitto 2.0.11 GRANTS these subscriptions (SUBACK QoS 1) and then filters every message
     # against dev1's read rights at delivery: dev1 receives only its own commands.
     dev1.subscribe(
@@ -439,6 +619,137 @@ def test_device_cannot_publish_as_another_device(
     got = watcher.received(wait_for=b"own")
     assert b"forged" not in got
     assert b"self-command" not in got
+
+
+# --- the running stack: TLS listener, loopback binding ------------------------------------------
+
+TLS_VERSIONS = {"TLSv1.2", "TLSv1.3"}
+# An MQTT 3.1.1 CONNECT (client id "", clean session, keepalive 30): a CONNACK starts with 0x20.
+MQTT_CONNECT = bytes([0x10, 12, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 0])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tls_handshake(address: tuple[str, int], ctx: ssl.SSLContext, server_hostname: str) -> str:
+    """Handshake (certificate and name checked by ctx); the negotiated TLS version."""
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        version = tls.version()
+        assert version is not None
+        return version
+
+
+@pytest.mark.parametrize("hostname", ["127.0.0.1", "localhost"])
+def test_tls_handshake_with_the_stack_ca(mqtt_env: dict[str, str], hostname: str) -> None:
+    address = host_port(mqtt_env["STACK_MQTTS_URL"])
+    assert tls_handshake(address, mqtt_tls_context(mqtt_env), hostname) in TLS_VERSIONS
+    # TLS 1.2 is still accepted (older devices), with an AEAD cipher and forward secrecy.
+    ctx = mqtt_tls_context(mqtt_env)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with (
+        socket.create_connection(address, timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=hostname) as tls,
+    ):
+        cipher = tls.cipher()
+        assert tls.version() == "TLSv1.2"
+        assert cipher is not None
+        assert cipher[0].startswith("ECDHE-"), cipher
+        assert "GCM" in cipher[0] or "CHACHA20" in cipher[0], cipher
+
+
+def test_tls_handshake_fails_without_the_ca(mqtt_env: dict[str, str]) -> None:
+    address = host_port(mqtt_env["STACK_MQTTS_URL"])
+    # The system's CAs only: the local CA is not among them.
+    with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+        tls_handshake(address, ssl.create_default_context(), "127.0.0.1")
+
+
+def test_tls_handshake_fails_for_another_hostname(mqtt_env: dict[str, str]) -> None:
+    address = host_port(mqtt_env["STACK_MQTTS_URL"])
+    with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+        tls_handshake(address, mqtt_tls_context(mqtt_env), "broker.example.org")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
+def test_tls_refuses_old_versions_and_weak_ciphers(mqtt_env: dict[str, str]) -> None:
+    address = host_port(mqtt_env["STACK_MQTTS_URL"])
+    old = mqtt_tls_context(mqtt_env)
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1 at all
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    # The broker answers with a protocol_version alert: refused by the server, not the client.
+    with pytest.raises(ssl.SSLError, match="ALERT_PROTOCOL_VERSION"):
+        tls_handshake(address, old, "127.0.0.1")
+    cbc = mqtt_tls_context(mqtt_env)
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+        tls_handshake(address, cbc, "127.0.0.1")
+
+
+def test_plaintext_mqtt_on_the_tls_port_gets_no_connack(mqtt_env: dict[str, str]) -> None:
+    with socket.create_connection(host_port(mqtt_env["STACK_MQTTS_URL"]), timeout=10) as sock:
+        sock.sendall(MQTT_CONNECT)
+        try:
+            answer = sock.recv(64)
+        except ConnectionResetError:
+            answer = b""
+    # The broker closes the connection (or sends a TLS alert record, 0x15): never a CONNACK.
+    assert not answer.startswith(b"\x20"), answer
+    assert answer == b"" or answer[0] == 0x15, answer
+
+
+def test_plaintext_mqtt_still_works_on_the_plain_listener(mqtt_env: dict[str, str]) -> None:
+    """Positive control for the test above: the same bytes get a CONNACK (refused: anonymous)."""
+    with socket.create_connection(host_port(mqtt_env["STACK_MQTT_URL"]), timeout=10) as sock:
+        sock.sendall(MQTT_CONNECT)
+        answer = sock.recv(64)
+    # CONNACK, return code 5 "not authorised" (anonymous clients are refused).
+    assert answer == bytes([0x20, 2, 0, 5]), answer
+
+
+def test_agent_subscribes_over_tls(mqtt_env: dict[str, str], probes: list[Probe]) -> None:
+    topic = f"sentinel/alerts/{tenant()}"
+    watcher = probe(probes, mqtt_env, "sentinel-operator", tls=True)
+    watcher.subscribe(topic)
+    agent = probe(probes, mqtt_env, "sentinel-agent", tls=True)
+    agent.publish(topic, b"alert-over-tls")
+    assert watcher.received(wait_for=b"alert-over-tls")
+    sock = agent.client.socket()
+    assert isinstance(sock, ssl.SSLSocket)
+    assert sock.version() in TLS_VERSIONS
+
+
+def listening_sockets(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp{,6}) of the TCP sockets listening on port."""
+    found = []
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text(encoding="ascii").splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: TCP_LISTEN
+                found.append(address)
+    return found
+
+
+# 127.0.0.1 in /proc/net/tcp's byte order, and ::1 in /proc/net/tcp6's.
+LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000"}
+
+
+@pytest.mark.parametrize("key", ["STACK_MQTT_URL", "STACK_MQTTS_URL"], ids=["plain", "tls"])
+def test_mqtt_listeners_bind_loopback_only(mqtt_env: dict[str, str], key: str) -> None:
+    _host, port = host_port(mqtt_env[key])
+    addresses = listening_sockets(port)
+    assert addresses, f"nothing listens on port {port}"
+    assert set(addresses) <= LOOPBACK_HEX, f"port {port} listens on {addresses}"
 
 
 # --- the running stack: InfluxDB, Prometheus, Alertmanager ----------------------------------------
