@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sentinel.alerting.alerts import AlertBook
@@ -13,10 +15,38 @@ from sentinel.deadletter import DeadLetters
 from sentinel.metrics import Metrics
 
 ReadinessCheck = Callable[[], dict[str, bool]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_token(token: str | None, protect_metrics: bool) -> Middleware:
+    """Bearer-token check for /api/* (and /metrics when asked); probes stay open."""
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        guarded = request.path.startswith("/api/") or (
+            protect_metrics and request.path == "/metrics"
+        )
+        if expected is not None and guarded:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "a valid bearer token is required"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    return check
 
 
 def build_app(
-    metrics: Metrics, readiness: ReadinessCheck, book: AlertBook, deadletters: DeadLetters
+    metrics: Metrics,
+    readiness: ReadinessCheck,
+    book: AlertBook,
+    deadletters: DeadLetters,
+    token: str | None = None,
+    protect_metrics: bool = False,
 ) -> web.Application:
     async def get_metrics(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -50,7 +80,7 @@ def build_app(
             return web.json_response({"error": "limit must be an integer"}, status=400)
         return web.json_response({"total": deadletters.total, "recent": deadletters.recent(limit)})
 
-    app = web.Application(client_max_size=1024)
+    app = web.Application(client_max_size=1024, middlewares=[require_token(token, protect_metrics)])
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
