@@ -1,4 +1,4 @@
-"""A million hostile messages through the real broker, invented device ids among them.
+"""Hostile messages through the real broker (a million on demand), invented device ids among them.
 
 Every message is stored or counted under its reason; valid traffic in between is all stored;
 the dead letters, the agent's metric series, its device state and InfluxDB's device tags stay
@@ -28,7 +28,9 @@ from tests.stack_env import secret
 
 pytestmark = pytest.mark.stack
 
-TOTAL = int(os.environ.get("SENTINEL_TEST_STRESS_N", "1000000"))
+# CI sends 200,000 (about a minute); SENTINEL_TEST_STRESS_N=1000000 is the full million,
+# which takes several minutes on these 2 cores (README, "Hostile input").
+TOTAL = int(os.environ.get("SENTINEL_TEST_STRESS_N", "200000"))
 KNOWN = 1000  # real devices
 CAP = 5000  # validation.max_devices: room for the real ones and some invented ones
 DEADLETTERS = 500
