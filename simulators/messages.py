@@ -23,6 +23,14 @@ class Message(NamedTuple):
     device_id: str
     qos: int = 1
     retain: bool = False
+    # Who publishes it when a real broker is used: "" the simulator's gateway connection;
+    # WILL the broker itself (the device's last will, its connection having dropped);
+    # "operator:<client_id>" a separate client with the operator's credentials.
+    origin: str = ""
+
+
+WILL = "will"
+OPERATOR = "operator:"
 
 
 def check_prefix(prefix: str) -> str:
@@ -39,3 +47,17 @@ def online(prefix: str, device: Device, ts: float) -> Message:
     """The retained status a device publishes when it (re)connects."""
     payload = orjson.dumps({"state": "online", "ts": round(ts, 3)})
     return Message(ts, topic(prefix, device, "status"), payload, device.device_id, 1, True)
+
+
+def status(prefix: str, device: Device, state: str, ts: float) -> Message:
+    """A retained status the device publishes itself (on connect: `online`)."""
+    payload = orjson.dumps({"state": state, "ts": round(ts, 3)})
+    return Message(ts, topic(prefix, device, "status"), payload, device.device_id, 1, True)
+
+
+def last_will(prefix: str, device: Device, ts: float) -> Message:
+    """The `offline` last will the broker publishes when the device's connection drops.
+
+    Its payload is the bare string (a will is set at connect time: it carries no timestamp).
+    """
+    return Message(ts, topic(prefix, device, "status"), b"offline", device.device_id, 1, True, WILL)

@@ -32,15 +32,28 @@ TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 ZONE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 DEVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 METRIC_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-METRIC_SETS = {
-    "lighting": [{"on", "dim_pct", "power_w", "lux", "driver_temp_c", "burning_hours"}],
-    "mobility": [
-        {"vehicles", "speed_kmh", "occupancy_pct"},
-        {"occupied"},
-        {"bikes_available", "docks_free"},
-    ],
-    "video": [{"bitrate_kbps", "fps", "upload_kbps", "storage_pct", "uptime_s"}],
+# Every device also reports its network behaviour since its previous report.
+NET = {
+    "net_bytes_out",
+    "net_bytes_in",
+    "net_pkts_out",
+    "net_conns",
+    "net_dst_ips",
+    "net_dst_ports",
+    "net_new_dsts",
+    "net_telnet_attempts",
+    "net_dns_queries",
 }
+METRIC_SETS = {
+    "lighting": [{"on", "dim_pct", "power_w", "lux", "driver_temp_c", "burning_hours"} | NET],
+    "mobility": [
+        {"vehicles", "speed_kmh", "occupancy_pct"} | NET,
+        {"occupied"} | NET,
+        {"bikes_available", "docks_free"} | NET,
+    ],
+    "video": [{"bitrate_kbps", "fps", "upload_kbps", "storage_pct", "uptime_s"} | NET],
+}
+INFO_KEYS = {"client_id", "src_ip", "firmware", "config_hash"}
 # Plausible ranges (inclusive) for a healthy device.
 RANGES = {
     "on": (0, 1),
@@ -60,8 +73,26 @@ RANGES = {
     "upload_kbps": (1_000, 8_500),
     "storage_pct": (0, 100),
     "uptime_s": (0, 60 * 86_400),
+    "net_bytes_out": (100, 12_000_000),
+    "net_bytes_in": (50, 250_000),
+    "net_pkts_out": (1, 10_000),
+    "net_conns": (1, 4),
+    "net_dst_ips": (1, 4),
+    "net_dst_ports": (1, 4),
+    "net_new_dsts": (0, 1),
+    "net_telnet_attempts": (0, 0),
+    "net_dns_queries": (0, 1),
 }
-INTEGER_METRICS = {"on", "occupied", "vehicles", "bikes_available", "docks_free", "fps", "uptime_s"}
+INTEGER_METRICS = {
+    "on",
+    "occupied",
+    "vehicles",
+    "bikes_available",
+    "docks_free",
+    "fps",
+    "uptime_s",
+    *NET,
+}
 
 
 def is_number(v: object) -> bool:
@@ -91,6 +122,11 @@ def check_message(m: Message, prefix: str = "fleet", healthy: bool = True) -> di
     assert len(m.payload) <= 4096
     assert b" " not in m.payload  # compact JSON
     assert payload.get("device_id", device_id) == device_id
+    info = payload["info"]
+    assert set(info) == INFO_KEYS
+    assert all(isinstance(v, str) and v for v in info.values())
+    if healthy:
+        assert info["client_id"] == device_id
     assert is_number(payload["ts"])
     assert math.isfinite(payload["ts"])
     assert round(payload["ts"], 3) == payload["ts"]
@@ -425,18 +461,31 @@ def test_anomaly_on_a_chosen_camera_and_invalid_targets(lyon: Fleet) -> None:
 
 
 def test_ground_truth_is_one_json_line() -> None:
-    truth = GroundTruth("camera_upload_surge", "lyon-cam-00001", "lyon", "gerland", 1.5, 2.25)
+    truth = GroundTruth(
+        "camera_upload_surge", ("lyon-cam-00001",), 1.5, 2.25, zones=("lyon/gerland",)
+    )
     line = truth.to_json()
     assert "\n" not in line
     assert orjson.loads(line) == {
         "kind": "camera_upload_surge",
-        "device_id": "lyon-cam-00001",
-        "tenant": "lyon",
-        "zone": "gerland",
-        "start_ts": 1.5,
-        "end_ts": 2.25,
+        "devices": ["lyon-cam-00001"],
+        "start": 1.5,
+        "end": 2.25,
+        "label": "attack",
+        "zones": ["lyon/gerland"],
+        "scenario": "",
+        "detail": "",
     }
     assert GroundTruth.from_json(line) == truth
+    assert (truth.device_id, truth.tenant, truth.zone) == ("lyon-cam-00001", "lyon", "gerland")
+    # Labels written by the skeleton (one device per line) still load.
+    old = (
+        '{"kind": "camera_upload_surge", "device_id": "lyon-cam-00001", "tenant": "lyon", '
+        '"zone": "gerland", "start_ts": 1.5, "end_ts": 2.25}'
+    )
+    assert GroundTruth.from_json(old) == truth
+    with pytest.raises(ValueError, match="label"):
+        GroundTruth("x", (), 0.0, 1.0, label="maybe")
 
 
 # --- inventory -----------------------------------------------------------------------------------

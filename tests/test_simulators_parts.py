@@ -201,7 +201,7 @@ async def test_dry_run_ends_now_and_writes_files(tmp_path: Path) -> None:
     assert len(load_inventory(tmp_path / "inventory.json")) == 30
     lines = (tmp_path / "truth.jsonl").read_text().splitlines()
     assert [GroundTruth.from_json(x) for x in lines] == list(summary.ground_truth)
-    assert orjson.loads(lines[0])["start_ts"] == pytest.approx(summary.sim_start_ts + 600, abs=1e-3)
+    assert orjson.loads(lines[0])["start"] == pytest.approx(summary.sim_start_ts + 600, abs=1e-3)
 
 
 def test_config_validation() -> None:

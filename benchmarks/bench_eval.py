@@ -1,0 +1,79 @@
+"""How long `sentinel eval` takes for a simulated day of a large fleet.
+
+    .venv/bin/python benchmarks/bench_eval.py [--devices 10000] [--hours 24] [--workers 2]
+        [--scenario mirai-recruitment] [--config deploy/sentinel.toml]
+
+Runs one scenario on the fleet through the agent's pipeline in simulated time, as `sentinel eval
+--scenario NAME --devices N --days H/24 --workers W` does, and prints the wall time, the message
+rate, the split between simulating and the pipeline (measured on a slice, one process), and the
+time a full simulated day takes at that rate. Target: a 10,000-device day in under 2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from pathlib import Path
+
+from sentinel.config import load_config
+from sentinel.evaluation.runner import build_pipeline, feed, run_scenario
+from simulators.scenario import load_scenario
+from simulators.scenario_run import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def split(scenario: str, devices: int, config: Path) -> tuple[float, float, int]:
+    """Seconds per message: simulating (messages made and kept) vs the pipeline, one process."""
+    run = prepare(load_scenario(scenario), devices=devices, days=300 / 86_400)
+    began = time.perf_counter()
+    items = [(m.ts, m.topic, m.payload) for m in run.messages()]
+    sim = time.perf_counter() - began
+    cfg = load_config(config)
+    began = time.perf_counter()
+    asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max))
+    pipe = time.perf_counter() - began
+    return sim / len(items), pipe / len(items), len(items)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=10_000)
+    ap.add_argument("--hours", type=float, default=24.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scenario", default="mirai-recruitment")
+    ap.add_argument("--config", type=Path, default=REPO / "deploy" / "sentinel.toml")
+    args = ap.parse_args()
+
+    sim_s, pipe_s, n = split(args.scenario, args.devices, args.config)
+    print(
+        f"per message, one process ({n:,} messages, 5 simulated minutes): "
+        f"simulate {sim_s * 1e6:.1f} µs, pipeline {pipe_s * 1e6:.1f} µs"
+    )
+    cfg = load_config(args.config)
+    began = time.perf_counter()
+    result = run_scenario(
+        load_scenario(args.scenario),
+        cfg,
+        devices=args.devices,
+        days=args.hours / 24.0,
+        workers=args.workers,
+    )
+    wall = time.perf_counter() - began
+    per_day = wall * 24.0 / args.hours
+    command = (
+        f"sentinel eval --scenario {args.scenario} --devices {args.devices} "
+        f"--days {args.hours / 24:g} --workers {args.workers} --config {args.config}"
+    )
+    print(f"command: {command}")
+    print(
+        f"{args.devices:,} devices, {args.hours:g} simulated hours: {result.messages:,} messages "
+        f"in {wall:.1f} s wall = {result.messages / wall:,.0f} msg/s with {args.workers} "
+        f"worker(s); {len(result.alerts)} alerts"
+    )
+    print(f"one simulated day at this rate: {per_day:.0f} s ({per_day / 60:.1f} min); target 120 s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The scenario library: one TOML file per scenario (see docs/scenarios.md)."""
