@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +43,24 @@ class TrafficAlert:
         }
 
 
-class AlertLog:
-    """Alerts in the order they opened; a hit within `window_s` of an alert's last extends it."""
+# Called on every hit: the alert, and whether the hit opened it (False: it extended it).
+AlertListener = Callable[[TrafficAlert, bool], None]
 
-    def __init__(self, config: TrafficConfig) -> None:
+
+class AlertLog:
+    """Alerts in the order they opened; a hit within `window_s` of an alert's last extends it.
+
+    Offline, `alerts` keeps every alert for the report. Live (`keep=False`), alerts are only
+    handed to `listener` as they open or grow, and `prune` forgets the quiet ones: memory stays
+    bounded however many subjects an attacker makes up.
+    """
+
+    def __init__(
+        self, config: TrafficConfig, listener: AlertListener | None = None, *, keep: bool = True
+    ) -> None:
         self._cfg = config
+        self._listener = listener
+        self._keep = keep
         self.alerts: list[TrafficAlert] = []
         self._open: dict[tuple[str, str], TrafficAlert] = {}
 
@@ -72,13 +86,28 @@ class AlertLog:
             alert.count += count
             alert.src, alert.device = src, device or alert.device
             alert.evidence.update(evidence)
+            if self._listener is not None:
+                self._listener(alert, False)
             return alert
         alert = TrafficAlert(
             kind, self._cfg.severities[kind], subject, src, device, first, last, count, evidence
         )
         self._open[(kind, subject)] = alert
-        self.alerts.append(alert)
+        if self._keep:
+            self.alerts.append(alert)
+        if self._listener is not None:
+            self._listener(alert, True)
         return alert
+
+    def prune(self, now: float) -> None:
+        """Forget open alerts quiet for more than a window: a later hit opens a new one."""
+        horizon = now - self._cfg.window_s
+        for key in [k for k, a in self._open.items() if a.last < horizon]:
+            del self._open[key]
+
+    @property
+    def open_alerts(self) -> int:
+        return len(self._open)
 
 
 class SlidingCount:

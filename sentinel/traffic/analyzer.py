@@ -1,19 +1,22 @@
-"""The offline analyzer: frames in, MQTT events, host windows and alerts out.
+"""The analyzer: frames in, MQTT events, host windows and alerts out.
 
-`Analyzer.feed` takes one frame at a time, so a live capture can drive it as a file does.
+`Analyzer.feed` takes one frame at a time, so a live capture drives it as a file does; `event`
+takes MQTT events from another source (Mosquitto's log, `sentinel.traffic.brokerlog`), which go
+through the very same detections. Live, `tick` closes windows on the clock and forgets what went
+quiet, and the `on_alert` / `on_features` callbacks replace the kept lists.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from detectors.model import DeviceRef
-from sentinel.traffic.alerts import AlertLog, TrafficAlert
+from sentinel.traffic.alerts import AlertListener, AlertLog, TrafficAlert
 from sentinel.traffic.config import TrafficConfig
 from sentinel.traffic.detect import Detections
 from sentinel.traffic.flows import FlowFeatures, FlowTracker, HostState, HostWindow
@@ -73,11 +76,16 @@ class Analyzer:
         *,
         keep_events: bool = False,
         keep_features: bool = True,
+        keep_alerts: bool = True,
+        on_alert: AlertListener | None = None,
+        on_features: Callable[[FlowFeatures], None] | None = None,
     ) -> None:
         self.config = cfg = config or TrafficConfig()
         self.summary = Summary()
         self._inventory = inventory
-        self._log = AlertLog(cfg)
+        self._log = AlertLog(cfg, on_alert, keep=keep_alerts)
+        self._on_features = on_features
+        self._next_prune = 0.0
         self._detections = Detections(cfg, self._log, self._device_of)
         self._streams = StreamTable(cfg, self._on_event)
         self._flows = FlowTracker(cfg, inventory, self._on_window)
@@ -103,8 +111,24 @@ class Analyzer:
 
     def _on_window(self, host: HostState, w: HostWindow, start: float, end: float) -> None:
         self._detections.window(host, w, start, end)
-        if self._keep_features:
-            self.features.append(FlowTracker.features(host, w, start, end))
+        if self._keep_features or self._on_features is not None:
+            features = FlowTracker.features(host, w, start, end)
+            if self._keep_features:
+                self.features.append(features)
+            if self._on_features is not None:
+                self._on_features(features)
+
+    def event(self, ev: MqttEvent) -> None:
+        """An MQTT event that did not come from a frame (e.g. a line of the broker's log)."""
+        self._on_event(ev)
+
+    def tick(self, now: float) -> None:
+        """Live: close the flow window `now` has passed and, once a window, forget the alerts
+        gone quiet (an attacker's made-up subjects must not pile up)."""
+        self._flows.advance(now)
+        if now >= self._next_prune:
+            self._log.prune(now)
+            self._next_prune = now + self.config.window_s
 
     def feed(self, ts: float, linktype: int, frame: bytes) -> None:
         s = self.summary

@@ -198,6 +198,13 @@ class FlowTracker:
                     if len(dns) < _MAX_DNS:
                         dns[name] = None
 
+    def advance(self, now: float) -> None:
+        """Live: close the current window once `now` has passed its end, even with no packet
+        to say so (a quiet network must not hold a window open)."""
+        if self._window_end is not None and now >= self._window_end:
+            self.close()
+            self._window_end = None
+
     def close(self) -> None:
         """Close the current window of every active host (also at the end of a capture)."""
         if self._window_end is None:
