@@ -15,6 +15,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from sentinel import checkpoint
 from sentinel.alerting.alertmanager import AlertmanagerSink
 from sentinel.alerting.alerts import AlertBook
 from sentinel.config import Config
@@ -29,6 +30,7 @@ from sentinel.pipeline import AlertNotifier, Pipeline
 from sentinel.store.influx import InfluxHttp, InfluxWriter
 from sentinel.store.spool import Spool
 from sentinel.topics import TopicPattern
+from sentinel.traffic.live import traffic_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,9 @@ class Agent:
         self.deadletters = DeadLetters(dl.capacity, dl.path, dl.max_file_bytes)
         self.decoder = build_decoder(config)
         self.engine = Engine(build_instances(config.detectors))
+        if config.checkpoint.path is not None:
+            restored = checkpoint.load(self.engine, config.checkpoint.path)
+            log.info("checkpoint_loaded", detectors=restored)
         self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
         self.reader = MqttReader(
             config.mqtt,
@@ -98,7 +103,14 @@ class Agent:
                 max_devices=cfg.validation.max_devices,
             )
             runner = web.AppRunner(
-                build_app(self.metrics, self.readiness, self.book, self.deadletters),
+                build_app(
+                    self.metrics,
+                    self.readiness,
+                    self.book,
+                    self.deadletters,
+                    token=cfg.http.secret(),
+                    protect_metrics=cfg.http.protect_metrics,
+                ),
                 access_log=None,
             )
             await runner.setup()
@@ -112,14 +124,21 @@ class Agent:
                         self._process_until_closed(self.pipeline), name="batch-processor"
                     )
                     acker = tg.create_task(self._ack_when_durable(self.writer), name="acker")
+                    saver = tg.create_task(self._checkpoint_periodically(), name="checkpointer")
                     senders = [tg.create_task(self.writer.run(), name="influx-writer")]
                     if am is not None:
                         senders.append(tg.create_task(am.run(), name="alertmanager-sink"))
+                    senders += [  # [traffic] sources (none by default), stopped with the senders
+                        tg.create_task(coro, name=name)
+                        for name, coro in traffic_tasks(cfg, self.pipeline, self.metrics)
+                    ]
                     await self._stop.wait()
                     log.info("agent_stopping", pending=len(self.inbox))
                     self.reader.stop()  # from here on nothing more is received
                     self.inbox.close()
                     await processor
+                    saver.cancel()
+                    self._save_checkpoint()
                     for task in senders:
                         task.cancel()
                     await asyncio.gather(*senders, return_exceptions=True)
@@ -149,6 +168,22 @@ class Agent:
             log.exception("batch_failed", size=len(delivery.messages))
         assert self.writer is not None
         self._to_ack.put_nowait((self.writer.position, delivery.acks))
+
+    async def _checkpoint_periodically(self) -> None:
+        if self.config.checkpoint.path is None:
+            return
+        while True:
+            await asyncio.sleep(self.config.checkpoint.interval_s)
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        # On the event loop, between batches: the state is consistent and nothing mutates it.
+        path = self.config.checkpoint.path
+        if path is not None:
+            try:
+                checkpoint.save(self.engine, path)
+            except OSError as exc:
+                log.error("checkpoint_failed", path=str(path), error=str(exc))
 
     async def _ack_when_durable(self, writer: InfluxWriter) -> None:
         while True:

@@ -27,6 +27,8 @@ from detectors import registry
 from detectors.base import DetectorParams
 from detectors.model import KINDS
 from sentinel.errors import ConfigError
+from sentinel.traffic.config import TrafficConfig
+from sentinel.traffic.inventory import InventoryError, load_inventory
 
 
 class _Section(BaseModel):
@@ -139,6 +141,13 @@ class AlertmanagerConfig(_Section):
 
 class HttpConfig(_Section):
     listen: str = "127.0.0.1:19108"
+    # With a token, /api/* (and /metrics if protect_metrics) need "Authorization: Bearer <it>".
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    protect_metrics: bool = False
+
+    def secret(self) -> str | None:
+        return _read_secret(self.token, self.token_file, "http.token_file")
 
     @property
     def host(self) -> str:
@@ -188,9 +197,49 @@ class DetectorConfig(_Section):
         return registry.parse_params(self.type, self.params)
 
 
+class CheckpointConfig(_Section):
+    # Detector state is saved here every interval_s and at shutdown, and loaded at start.
+    path: Path | None = None
+    interval_s: float = Field(default=30.0, gt=0)
+
+
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     json_format: bool = True
+
+
+class TrafficSourcesConfig(_Section, TrafficConfig):
+    """[traffic]: live traffic sources for the agent (docs/traffic.md), each off by default,
+    plus every threshold of the traffic analyzer (TrafficConfig)."""
+
+    broker_log_file: Path | None = None  # follow this Mosquitto log (tail -F)
+    broker_log_from_start: bool = False  # read the file from its start, not its end
+    broker_log_max_line_bytes: int = Field(default=262_144, ge=256, le=16 << 20)
+    sys_topics: bool = False  # subscribe to $SYS/# with the [mqtt] settings: broker gauges
+    capture_iface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")
+    bpf: str = Field(default="", max_length=4096)  # libpcap filter for capture_iface
+    inventory_file: Path | None = None  # devices by IP: alerts carry them, features stored
+    # Alerts with no inventory device carry these (kind `_traffic`, device_id `_s` + a bucket
+    # of the subject): bounded labels, never an attacker's string.
+    tenant: str = Field(default="_broker", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    zone: str = Field(default="_broker", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    subject_buckets: int = Field(default=64, ge=1, le=4096)
+    resolve_after_s: float = Field(default=120.0, gt=0)  # quiet this long: alert resolved
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.broker_log_file or self.sys_topics or self.capture_iface)
+
+    @field_validator("inventory_file")
+    @classmethod
+    def _readable_inventory(cls, path: Path | None) -> Path | None:
+        # Fail at start with the key named; each device's values are checked when it loads.
+        if path is not None:
+            try:
+                load_inventory(path)
+            except InventoryError as exc:
+                raise ValueError(exc.reason) from None
+        return path
 
 
 class Config(BaseSettings):
@@ -205,7 +254,9 @@ class Config(BaseSettings):
     http: HttpConfig = HttpConfig()
     pipeline: PipelineConfig = PipelineConfig()
     deadletter: DeadLetterConfig = DeadLetterConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
+    traffic: TrafficSourcesConfig = TrafficSourcesConfig()
     detectors: tuple[DetectorConfig, ...] = ()
 
     @field_validator("detectors")

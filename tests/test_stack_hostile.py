@@ -23,7 +23,7 @@ from sentinel.decode import Reason
 from simulators.messages import Message
 from simulators.publisher import publish
 from tests.agent_process import start_agent, write_config
-from tests.conftest import FleetTopics, Stack, influxql, poll_rows, rows
+from tests.conftest import FleetTopics, Stack, free_port, influxql, poll_rows, rows
 from tests.stack_env import secret
 
 pytestmark = pytest.mark.stack
@@ -131,7 +131,7 @@ async def test_a_million_hostile_messages(
     now = time.time()
     want = expected(fleet, now)
     config = tmp_path / "agent.toml"
-    port = 20000 + os.getpid() % 10000
+    port = free_port()
     write_config(
         config,
         stack,
