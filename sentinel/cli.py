@@ -10,6 +10,7 @@ import typer
 from benchmarks.nab.cli import app as bench_app
 from sentinel.config import Config, load_config
 from sentinel.errors import ConfigError
+from sentinel.traffic.cli import InventoryOption, JsonLinesOption, TrafficConfigOption
 from sentinel.traffic.cli import app as pcap_app
 
 app = typer.Typer(
@@ -127,16 +128,9 @@ def sim(
 def capture(
     iface: Annotated[str, typer.Option("--iface", help="Network interface, e.g. eth0 or lo.")],
     bpf: Annotated[str, typer.Option("--bpf", help="libpcap filter, e.g. 'tcp port 1883'.")] = "",
-    inventory: Annotated[
-        Path | None, typer.Option("--inventory", help="Fleet inventory JSON: devices by IP.")
-    ] = None,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help="Alerts as JSON lines, then a summary line.")
-    ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="TOML file whose [traffic] table sets thresholds."),
-    ] = None,
+    inventory: InventoryOption = None,
+    json_lines: JsonLinesOption = False,
+    config: TrafficConfigOption = None,
     duration: Annotated[
         float | None, typer.Option(min=0, help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 
-from sentinel.traffic.mqtt import Connack, Connect, Malformed, Publish, Subscribe
+from sentinel.traffic.mqtt import Connack, Connect, Malformed, MqttPacket, Publish, Subscribe
 from sentinel.traffic.streams import Endpoint, MqttEvent
 
 # --- one line -----------------------------------------------------------------------------
@@ -161,6 +161,19 @@ class _Session:
     client: Endpoint
     username: str | None
     stream: int
+
+    def event(self, ts: float, client_id: str, packet: MqttPacket) -> MqttEvent:
+        """What this client sent to the broker, as a capture would have shown it."""
+        return MqttEvent(
+            ts,
+            self.stream,
+            self.client,
+            Endpoint("broker", 0),
+            True,
+            packet,
+            client_id,
+            self.username,
+        )
 
 
 _PENDING_FRESH_S = 2.0  # a client sends CONNECT at once: a refusal belongs to a fresh connection
@@ -380,18 +393,7 @@ class BrokerLogEvents:
         session = self._sessions[client_id]
         self.counts["subscribe"] += 1
         packet = Subscribe(0, ((topic_filter, qos),))
-        return [
-            MqttEvent(
-                ts,
-                session.stream,
-                session.client,
-                Endpoint("broker", 0),
-                True,
-                packet,
-                client_id,
-                session.username,
-            )
-        ]
+        return [session.event(ts, client_id, packet)]
 
     def _publish(self, rest: str, ts: float) -> list[MqttEvent]:
         """`<id> (d0, q1, r0, m3, '<topic>', ... (<n> bytes))` (debug logs), known clients only."""
@@ -414,18 +416,7 @@ class BrokerLogEvents:
                 packet_id=int(head.group(4)) if qos else None,
                 payload_size=int(tail.group(1)),
             )
-            return [
-                MqttEvent(
-                    ts,
-                    session.stream,
-                    session.client,
-                    Endpoint("broker", 0),
-                    True,
-                    packet,
-                    client_id,
-                    session.username,
-                )
-            ]
+            return [session.event(ts, client_id, packet)]
         self.counts["no_session"] += 1
         return []
 

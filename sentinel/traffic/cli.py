@@ -59,20 +59,26 @@ def load_traffic_config(path: Path) -> TrafficConfig:
         raise _fail(f"{path}: {problems}") from None
 
 
+# Options shared with `sentinel capture`.
+InventoryOption = Annotated[
+    Path | None,
+    typer.Option("--inventory", "-i", help="Fleet inventory JSON: devices found by IP."),
+]
+JsonLinesOption = Annotated[
+    bool, typer.Option("--json", help="Alerts as JSON lines, then a summary line.")
+]
+TrafficConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML file whose traffic table sets thresholds."),
+]
+
+
 @app.command()
 def analyze(
     file: Annotated[Path, typer.Argument(help="Capture file (pcap or pcapng).")],
-    inventory: Annotated[
-        Path | None,
-        typer.Option("--inventory", "-i", help="Fleet inventory JSON: devices found by IP."),
-    ] = None,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help="Alerts as JSON lines, then a summary line.")
-    ] = False,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", "-c", help="TOML file whose [traffic] table sets thresholds."),
-    ] = None,
+    inventory: InventoryOption = None,
+    json_lines: JsonLinesOption = False,
+    config: TrafficConfigOption = None,
     features: Annotated[
         Path | None,
         typer.Option("--features", help="Also write per-host window features (JSON lines)."),
