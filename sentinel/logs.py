@@ -18,6 +18,10 @@ def _truncate(_: object, __: str, event: structlog.typing.EventDict) -> structlo
     return event
 
 
+def _stderr_logger(*_: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure(level: str = "info", json_format: bool = True) -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -33,7 +37,9 @@ def configure(level: str = "info", json_format: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # sys.stderr is looked up per logger, never kept: a replaced stream (a test runner's, a
+        # daemon's) must not leave the agent writing to a closed file and dying of it.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module stay quiet below warnings.
