@@ -292,18 +292,14 @@ def _subscribe(body: bytes, level: int) -> Subscribe:
 
 
 def _remaining_length(buf: bytes, off: int, end: int) -> tuple[int, int] | None:
-    """(remaining length, body offset) of the fixed header whose length starts at `off`."""
-    value = shift = 0
-    while off < end:
-        byte = buf[off]
-        off += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, off
-        shift += 7
-        if shift == 28:
-            raise MalformedError("bad_remaining_length", "remaining length over 4 bytes")
-    return None
+    """(remaining length, body offset) of the fixed header whose length starts at `off`;
+    None while the length is still incomplete (more bytes will come)."""
+    try:
+        return _varint(buf, off, end)
+    except MalformedError as exc:
+        if exc.reason == "truncated":
+            return None
+        raise
 
 
 class Framer:
