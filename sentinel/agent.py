@@ -10,22 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from detectors.model import Transition
 from sentinel import checkpoint
+from sentinel import reload as hot_reload
 from sentinel.alerting.alertmanager import AlertmanagerSink
-from sentinel.alerting.alerts import AlertBook
+from sentinel.alerting.build import alert_policy, build_book
+from sentinel.alerting.desk import DeskSettings, OperatorDesk
 from sentinel.config import Config
 from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder
 from sentinel.engine import Engine, build_instances
+from sentinel.errors import ConfigError
 from sentinel.httpserver import build_app
 from sentinel.inbox import Ack, Delivery, Inbox
 from sentinel.ingest import MqttReader
 from sentinel.metrics import Metrics
+from sentinel.operator_api import OperatorApi
 from sentinel.pipeline import AlertNotifier, Pipeline
 from sentinel.store.influx import InfluxHttp, InfluxWriter
 from sentinel.store.spool import Spool
@@ -44,10 +51,21 @@ def build_decoder(config: Config) -> Decoder:
 
 
 class Agent:
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: Config, metrics: Metrics | None = None, config_path: Path | None = None
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # what a reload re-reads
         self.metrics = metrics or Metrics()
-        self.book = AlertBook(self.metrics)
+        self.book = build_book(config, self.metrics)
+        a = config.alerting
+        self.desk = OperatorDesk(
+            self.book,
+            self.metrics,
+            DeskSettings(
+                a.state_file, a.audit_file, a.max_suppression_days, a.suggestion_expiry_days
+            ),
+        )
         dl = config.deadletter
         self.deadletters = DeadLetters(dl.capacity, dl.path, dl.max_file_bytes)
         self.decoder = build_decoder(config)
@@ -102,14 +120,24 @@ class Agent:
                 deadletters=self.deadletters,
                 max_devices=cfg.validation.max_devices,
             )
+            token = cfg.http.secret()
+            operator = OperatorApi(
+                self.book,
+                self.desk,
+                lambda: self.engine,
+                self.writer.put,
+                self.reload,
+                writable=token is not None,
+            )
             runner = web.AppRunner(
                 build_app(
                     self.metrics,
                     self.readiness,
                     self.book,
                     self.deadletters,
-                    token=cfg.http.secret(),
+                    token=token,
                     protect_metrics=cfg.http.protect_metrics,
+                    operator=operator,
                 ),
                 access_log=None,
             )
@@ -149,6 +177,40 @@ class Agent:
             finally:
                 await self._drain(self.pipeline, self.writer, am)
                 await runner.cleanup()
+
+    async def reload(self, actor: str) -> dict[str, Any]:
+        """Re-read the config file (SIGHUP, POST /api/reload); refused with reasons if bad."""
+        now = time.time()
+        if self.config_path is None:
+            problems = ["the agent was not started from a file"]
+        else:
+            try:
+                plan = hot_reload.plan(self.config, self.engine.instances, self.config_path)
+            except ConfigError as exc:
+                problems = exc.problems
+            else:
+                await self._apply(plan, now)
+                self.metrics.config_reloads.labels("ok").inc()
+                self.desk.audit.add(now, actor, "config.reload", **plan.summary())
+                log.info("config_reloaded", actor=actor, **plan.summary())
+                return {"ok": True, **plan.summary()}
+        self.metrics.config_reloads.labels("refused").inc()
+        self.desk.audit.add(now, actor, "config.reload_refused", problems=problems)
+        log.error("config_reload_refused", actor=actor, problems=problems)
+        return {"ok": False, "problems": problems}
+
+    async def _apply(self, plan: hot_reload.ReloadPlan, now: float) -> None:
+        # Between two awaits nothing else runs: a batch sees the old detectors or the new.
+        removed = set(plan.removed)
+        gone = [a for a in self.book.active.values() if a.source.name in removed]
+        self.engine.instances = plan.instances
+        self.config = plan.config
+        self.book.set_policy(alert_policy(plan.config))
+        self.book.suppressions.replace_config(plan.suppressions)
+        for alert in gone:  # a removed detector's alerts end with it
+            cleared = Transition(alert.device, False, now, "detector removed by a reload")
+            if self.pipeline is not None:
+                await self.pipeline.raise_alerts(alert.source, [cleared])
 
     async def _process_until_closed(self, pipeline: Pipeline) -> None:
         linger = self.config.pipeline.batch_interval_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from detectors import registry
 from detectors.base import DetectorParams
 from detectors.model import KINDS
+from sentinel.alerting.suppressions import SuppressionError, check_matchers
 from sentinel.errors import ConfigError
 from sentinel.traffic.config import TrafficConfig
 from sentinel.traffic.inventory import InventoryError, load_inventory
@@ -185,6 +187,13 @@ class DetectorConfig(_Section):
     severity: Literal["info", "warning", "critical"] = "warning"
     summary: str = ""
     enabled: bool = True
+    # "observe": scores and records what it would raise (measurement `observed`), alerts nobody.
+    mode: Literal["alert", "observe"] = "alert"
+    # MITRE ATT&CK for ICS technique the detector points at, e.g. "T0831" (manipulation of control).
+    mitre: str = Field(default="", pattern=r"^(T[0-9]{4}(\.[0-9]{3})?)?$")
+    # Alerts of detectors with the same group (default: the detector's name) in one zone and
+    # time window become one incident.
+    group: str = Field(default="", pattern=r"^([A-Za-z][A-Za-z0-9_-]{0,63})?$")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("type")
@@ -195,6 +204,46 @@ class DetectorConfig(_Section):
 
     def parsed_params(self) -> DetectorParams:
         return registry.parse_params(self.type, self.params)
+
+
+class InhibitRule(_Section):
+    """While a `source` detector fires in a zone, alerts of the `targets` detectors in that zone
+    are suppressed (e.g. a zone-wide outage mutes each device's silence alert)."""
+
+    source: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+    targets: tuple[str, ...] = Field(min_length=1)
+
+
+class SuppressionConfig(_Section):
+    """[[suppressions]]: a suppression or maintenance window from the config file."""
+
+    matchers: dict[str, str] = Field(min_length=1)
+    starts_at: datetime
+    ends_at: datetime
+    author: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=1024)
+    kind: Literal["suppression", "maintenance"] = "suppression"
+
+
+class AlertingConfig(_Section):
+    """[alerting]: incidents, storm protection and the operator's state (docs/alerting.md)."""
+
+    # An alert joins an open incident of its group and zone; an incident with no firing
+    # alert for this long (device time) closes.
+    incident_quiet_s: float = Field(default=600.0, gt=0)
+    # Storm protection: beyond this many devices an incident is notified as one roll-up.
+    max_notified_per_incident: int = Field(default=10, ge=1, le=10_000)
+    # Beyond this many open incidents, new ones fold into one overflow incident per detector.
+    max_open_incidents: int = Field(default=500, ge=1, le=100_000)
+    inhibit: tuple[InhibitRule, ...] = ()
+    # Suppressions and suggestions made through the API, and the audit trail (JSON lines).
+    state_file: Path | None = None
+    audit_file: Path | None = None
+    max_suppressions: int = Field(default=1000, ge=1, le=100_000)
+    max_suppression_days: float = Field(default=90.0, gt=0)
+    suggestion_expiry_days: float = Field(default=30.0, gt=0)
+    # An MQTT topic where the agent publishes alert changes for automation ("" = off).
+    mqtt_topic: str = Field(default="", pattern=r"^([A-Za-z0-9_/-]{1,128})?$")
 
 
 class CheckpointConfig(_Section):
@@ -257,7 +306,9 @@ class Config(BaseSettings):
     checkpoint: CheckpointConfig = CheckpointConfig()
     log: LogConfig = LogConfig()
     traffic: TrafficSourcesConfig = TrafficSourcesConfig()
+    alerting: AlertingConfig = AlertingConfig()
     detectors: tuple[DetectorConfig, ...] = ()
+    suppressions: tuple[SuppressionConfig, ...] = ()
 
     @field_validator("detectors")
     @classmethod
@@ -331,6 +382,26 @@ def load_config(path: Path | None) -> Config:
         unknown = sorted(set(det.kinds) - set(config.validation.kinds))
         if unknown:
             problems.append(f"detectors[{i}].kinds: unknown kind(s) {', '.join(unknown)}")
+    problems += _alerting_problems(config)
     if problems:
         raise ConfigError(source, problems)
     return config
+
+
+def _alerting_problems(config: Config) -> list[str]:
+    problems = []
+    names = {d.name for d in config.detectors}
+    for i, rule in enumerate(config.alerting.inhibit):
+        for where, name in [("source", rule.source)] + [("targets", t) for t in rule.targets]:
+            if name not in names:
+                problems.append(f"alerting.inhibit[{i}].{where}: no detector named {name!r}")
+    for i, sup in enumerate(config.suppressions):
+        if sup.starts_at.tzinfo is None or sup.ends_at.tzinfo is None:
+            problems.append(f"suppressions[{i}]: times need a UTC offset, e.g. 2026-12-01T02:00Z")
+        elif sup.ends_at <= sup.starts_at:
+            problems.append(f"suppressions[{i}].ends_at: must be after starts_at")
+        try:
+            check_matchers(sup.matchers)
+        except SuppressionError as exc:
+            problems.append(f"suppressions[{i}].{exc}")
+    return problems

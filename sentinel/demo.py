@@ -25,6 +25,7 @@ from rich.live import Live
 from sentinel import logs
 from sentinel.agent import Agent, build_decoder
 from sentinel.alerting.alerts import AlertBook
+from sentinel.alerting.build import build_book
 from sentinel.config import Config, load_config
 from sentinel.console import RateMeter, Snapshot, render
 from sentinel.deadletter import DeadLetters
@@ -261,7 +262,7 @@ async def _offline(opts: DemoOptions, cfg: Config, why: str, console: Console) -
         "only counted), Alertmanager and Prometheus (alerts shown here only)."
     )
     metrics = Metrics()
-    book = AlertBook(metrics)
+    book = build_book(cfg, metrics)
     store = MemoryStore()
     pipeline = Pipeline(
         decoder=build_decoder(cfg),

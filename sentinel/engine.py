@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from detectors import registry
-from detectors.base import Detector
-from detectors.model import Record, Transition
+from detectors.base import Detector, ScoringDetector, Verdict
+from detectors.model import DeviceRef, Record, Transition
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
 
@@ -18,6 +18,31 @@ class DetectorInstance:
     source: AlertSource
     kinds: frozenset[str]
     detector: Detector
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreSample:
+    """A scoring detector's most anomalous verdict for one device in one batch (for Grafana)."""
+
+    detector: str
+    device: DeviceRef
+    ts: float
+    score: float
+    value: float
+    expected_low: float
+    expected_high: float
+
+
+def _worst_per_device(detector: str, verdicts: Sequence[Verdict]) -> list[ScoreSample]:
+    worst: dict[DeviceRef, Verdict] = {}
+    for v in verdicts:
+        best = worst.get(v.device)
+        if best is None or v.score > best.score:
+            worst[v.device] = v
+    return [
+        ScoreSample(detector, v.device, v.ts, v.score, v.value, v.expected_low, v.expected_high)
+        for v in worst.values()
+    ]
 
 
 def build_instances(configs: Sequence[DetectorConfig]) -> list[DetectorInstance]:
@@ -31,6 +56,9 @@ def build_instances(configs: Sequence[DetectorConfig]) -> list[DetectorInstance]
             detector_type=cfg.type,
             severity=cfg.severity,
             summary=cfg.summary,
+            mode=cfg.mode,
+            mitre=cfg.mitre,
+            group=cfg.group,
         )
         detector = registry.create(cfg.type, cfg.parsed_params())
         instances.append(DetectorInstance(source, frozenset(cfg.kinds), detector))
@@ -40,6 +68,20 @@ def build_instances(configs: Sequence[DetectorConfig]) -> list[DetectorInstance]
 class Engine:
     def __init__(self, instances: list[DetectorInstance]) -> None:
         self.instances = instances
+        self._scores: list[ScoreSample] = []
+
+    def take_scores(self) -> list[ScoreSample]:
+        """Score samples of the scoring detectors since the last call."""
+        scores, self._scores = self._scores, []
+        return scores
+
+    def _run(self, inst: DetectorInstance, records: list[Record]) -> list[Transition]:
+        detector = inst.detector
+        if not isinstance(detector, ScoringDetector):
+            return detector.update(records)
+        verdicts = detector.decide(records)
+        self._scores += _worst_per_device(inst.source.name, verdicts)
+        return [v.transition() for v in verdicts if v.change is not None]
 
     def process(self, records: Sequence[Record]) -> list[tuple[AlertSource, list[Transition]]]:
         by_kind: dict[str, list[Record]] = defaultdict(list)
@@ -50,7 +92,7 @@ class Engine:
             # Arrival order is kept per device, which is all a per-device detector needs.
             selected = [r for kind in inst.kinds for r in by_kind.get(kind, ())]
             if selected:
-                transitions = inst.detector.update(selected)
+                transitions = self._run(inst, selected)
                 if transitions:
                     results.append((inst.source, transitions))
         return results

@@ -1,4 +1,5 @@
-"""The agent's HTTP face: /metrics for Prometheus, /healthz, /readyz, read-only /api views."""
+"""The agent's HTTP face: /metrics for Prometheus, /healthz, /readyz, and /api (the alert and
+dead-letter views here; the operator's API in sentinel.operator_api)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sentinel.alerting.alerts import AlertBook
 from sentinel.deadletter import DeadLetters
 from sentinel.metrics import Metrics
+from sentinel.operator_api import OperatorApi, add_routes
 
 ReadinessCheck = Callable[[], dict[str, bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +49,7 @@ def build_app(
     deadletters: DeadLetters,
     token: str | None = None,
     protect_metrics: bool = False,
+    operator: OperatorApi | None = None,
 ) -> web.Application:
     async def get_metrics(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
@@ -60,18 +63,15 @@ def build_app(
         ready = all(checks.values())
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
-    async def alerts(_: web.Request) -> web.Response:
-        active: list[dict[str, Any]] = [
-            {
-                "fingerprint": a.fingerprint,
-                "labels": a.labels(),
-                "summary": a.summary,
-                "evidence": a.evidence,
-                "starts_at": a.starts_at,
-            }
-            for a in book.active.values()
-        ]
-        return web.json_response({"active": active})
+    async def alerts(request: web.Request) -> web.Response:
+        # ?recent=N adds the last N alert changes (resolved, observed) to the active ones.
+        try:
+            recent = max(0, min(10_000, int(request.query.get("recent", "0"))))
+        except ValueError:
+            return web.json_response({"error": "recent must be an integer"}, status=400)
+        active: list[dict[str, Any]] = [a.to_dict() for a in book.active.values()]
+        history = [a.to_dict() for a in book.history[-recent:]] if recent else []
+        return web.json_response({"active": active, "recent": history})
 
     async def dead_letters(request: web.Request) -> web.Response:
         try:
@@ -80,10 +80,14 @@ def build_app(
             return web.json_response({"error": "limit must be an integer"}, status=400)
         return web.json_response({"total": deadletters.total, "recent": deadletters.recent(limit)})
 
-    app = web.Application(client_max_size=1024, middlewares=[require_token(token, protect_metrics)])
+    app = web.Application(
+        client_max_size=16384, middlewares=[require_token(token, protect_metrics)]
+    )
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/api/deadletters", dead_letters)
+    if operator is not None:
+        add_routes(app, operator)
     return app

@@ -70,6 +70,47 @@ class Metrics:
             ["detector", "severity"],
             registry=r,
         )
+        self.alerts_suppressed = Counter(
+            "sentinel_alerts_suppressed_total",
+            "Alerts muted by a suppression, maintenance window or inhibition",
+            ["detector"],
+            registry=r,
+        )
+        self.observed = Counter(
+            "sentinel_observed_total",
+            "Alerts an observe-only detector would have raised",
+            ["detector"],
+            registry=r,
+        )
+        self.detector_score = Histogram(
+            "sentinel_detector_score",
+            "Scores of scoring detectors (worst per device and batch), 0..1",
+            ["detector"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=r,
+        )
+        self.incidents = Counter(
+            "sentinel_incidents_total", "Incidents opened", ["severity"], registry=r
+        )
+        self.incidents_open = Gauge("sentinel_incidents_open", "Incidents open", registry=r)
+        self.feedback = Counter(
+            "sentinel_feedback_total",
+            "Analyst feedback on alerts and incidents",
+            ["detector", "verdict"],
+            registry=r,
+        )
+        self.notifications = Counter(
+            "sentinel_notifications_total", "Notices sent, by sink", ["sink"], registry=r
+        )
+        self.notifications_dropped = Counter(
+            "sentinel_notifications_dropped_total",
+            "Alerts not notified on their own (rolled_up: counted in their incident's roll-up)",
+            ["reason"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "sentinel_config_reloads_total", "Configuration reloads", ["result"], registry=r
+        )
         self.alertmanager_errors = Counter(
             "sentinel_alertmanager_post_errors_total",
             "Failed posts to Alertmanager",

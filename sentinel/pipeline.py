@@ -15,12 +15,13 @@ import structlog
 from detectors.model import Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
-from sentinel.alerting.alerts import Alert, AlertBook, AlertSource
+from sentinel.alerting.alerts import Alert, AlertBook, AlertSource, Notice
+from sentinel.alerting.lines import alert_line, incident_line, score_line
 from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder, Reason, Rejection
-from sentinel.engine import Engine
+from sentinel.engine import Engine, ScoreSample
 from sentinel.metrics import Metrics
-from sentinel.store.lineprotocol import alert_line, lines_for
+from sentinel.store.lineprotocol import lines_for
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +31,7 @@ class LineSink(Protocol):
 
 
 class AlertNotifier(Protocol):
-    def notify(self, alerts: list[Alert]) -> None: ...
+    def notify(self, notices: list[Notice]) -> None: ...
 
 
 class Pipeline:
@@ -82,7 +83,7 @@ class Pipeline:
             else:
                 statuses.append(out)
         self._count(records, statuses, rejected, len(batch))
-        changed = await self.ingest(records, statuses)
+        changed = await self.ingest(records, statuses, now)
         flood = self.admission.transitions(now)
         if flood:
             changed += await self.raise_alerts(admission.SOURCE, flood)
@@ -90,7 +91,10 @@ class Pipeline:
         return changed
 
     async def ingest(
-        self, records: Sequence[Record], statuses: Sequence[StatusRecord] = ()
+        self,
+        records: Sequence[Record],
+        statuses: Sequence[StatusRecord] = (),
+        now: float | None = None,
     ) -> list[Alert]:
         """Store and score records that are already valid: decoded telemetry, or features
         derived from traffic (sentinel.traffic) that enter the engine like any telemetry."""
@@ -101,20 +105,39 @@ class Pipeline:
         changed: list[Alert] = []
         for source, transitions in self.engine.process(records):
             changed += self.book.apply(source, transitions)
-        await self.publish(changed)
+        await self._store_scores(self.engine.take_scores())
+        await self.publish(changed, now)
         return changed
 
     async def raise_alerts(self, source: AlertSource, transitions: list[Transition]) -> list[Alert]:
         """Alerts found outside the engine (traffic and broker-log detections)."""
         changed = self.book.apply(source, transitions)
-        await self.publish(changed)
+        await self.publish(changed, max((t.ts for t in transitions), default=None))
         return changed
 
-    async def publish(self, changed: list[Alert]) -> None:
-        if changed:
-            await self.store.put([alert_line(a) for a in changed])
-        for notifier in self.notifiers:
-            notifier.notify(changed)
+    async def publish(self, changed: list[Alert], now: float | None) -> None:
+        """Store alert and incident changes; notify what the storm policy lets through.
+
+        `now` (device or simulated time) closes the incidents that went quiet."""
+        incidents = self.book.tick(now) if now is not None else []
+        lines = [alert_line(a) for a in changed]
+        lines += [incident_line(incident, state) for incident, state in incidents]
+        if lines:
+            await self.store.put(lines)
+        if changed or incidents:
+            notices = self.book.notices(changed)
+            for notifier in self.notifiers:
+                notifier.notify(notices)
+
+    async def _store_scores(self, samples: list[ScoreSample]) -> None:
+        lines = []
+        for sample in samples:
+            self.metrics.detector_score.labels(sample.detector).observe(sample.score)
+            line = score_line(sample)
+            if line is not None:
+                lines.append(line)
+        if lines:
+            await self.store.put(lines)
 
     def _count(
         self,

@@ -5,8 +5,9 @@ import orjson
 from detectors.model import DeviceRef, Transition
 from sentinel.alerting.alertmanager import alertmanager_payload
 from sentinel.alerting.alerts import AlertBook, AlertSource, alertname_for
+from sentinel.alerting.lines import alert_line
 from sentinel.metrics import Metrics
-from sentinel.store.lineprotocol import alert_line, escape_string_field
+from sentinel.store.lineprotocol import escape_string_field
 
 CAM = DeviceRef("lyon", "gerland", "video", "lyon-cam-00001")
 SOURCE = AlertSource("camera-upload-surge", "CameraUploadSurge", "threshold", "critical", "Exfil")
@@ -45,7 +46,9 @@ def test_alertmanager_payload_labels_and_times() -> None:
         "kind": "video",
         "device_id": "lyon-cam-00001",
         "detector": "camera-upload-surge",
+        "incident": alert.incident,
     }
+    assert alert.incident.startswith("i-")
     assert item["startsAt"] == "2026-09-21T14:13:20.000Z"
     assert item["endsAt"] == "2026-09-21T14:15:30.000Z"  # now + 4 resend intervals
     annotations = item["annotations"]

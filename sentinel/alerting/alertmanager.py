@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import aiohttp
 import structlog
 
-from sentinel.alerting.alerts import Alert, AlertBook
+from sentinel.alerting.alerts import AlertBook, Notice
 from sentinel.config import AlertmanagerConfig
 from sentinel.metrics import Metrics
 
@@ -31,7 +31,7 @@ def _iso(ts: float) -> str:
 
 
 def alertmanager_payload(
-    alert: Alert, now: float, resend_interval_s: float, generator: str
+    alert: Notice, now: float, resend_interval_s: float, generator: str
 ) -> dict[str, object]:
     if alert.firing:
         ends = max(now, alert.starts_at) + _VALIDITY_INTERVALS * resend_interval_s
@@ -61,13 +61,13 @@ class AlertmanagerSink:
         self._cfg = cfg
         self._book = book
         self._metrics = metrics
-        self._changes: dict[str, Alert] = {}
+        self._changes: dict[str, Notice] = {}
         self._wake = asyncio.Event()
 
-    def notify(self, alerts: list[Alert]) -> None:
-        for alert in alerts:
-            self._changes[alert.fingerprint] = alert
-        if alerts:
+    def notify(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            self._changes[notice.fingerprint] = notice
+        if notices:
             self._wake.set()
 
     async def run(self) -> None:
@@ -81,7 +81,7 @@ class AlertmanagerSink:
             self._changes = {}
             if time.monotonic() >= next_resend:
                 next_resend = time.monotonic() + self._cfg.resend_interval_s
-                batch = {**self._book.active, **batch}
+                batch = {n.fingerprint: n for n in self._book.notified_active()} | batch
             if batch and not await self._post(list(batch.values())):
                 # Keep what failed unless a newer state for it arrived meanwhile.
                 self._changes = {**batch, **self._changes}
@@ -92,7 +92,7 @@ class AlertmanagerSink:
             await self._post(list(self._changes.values()))
             self._changes = {}
 
-    async def _post(self, alerts: list[Alert]) -> bool:
+    async def _post(self, alerts: list[Notice]) -> bool:
         assert self._cfg.url is not None
         now = time.time()
         body = [
@@ -106,6 +106,7 @@ class AlertmanagerSink:
                 timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_s),
             ) as resp:
                 if resp.status == 200:
+                    self._metrics.notifications.labels("alertmanager").inc(len(alerts))
                     return True
                 text = (await resp.text())[:300]
                 self._metrics.alertmanager_errors.inc()

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.agent import build_decoder
-from sentinel.alerting.alerts import Alert, AlertBook
+from sentinel.alerting.alerts import Alert
+from sentinel.alerting.build import build_book
 from sentinel.config import Config
 from sentinel.deadletter import DeadLetters
 from sentinel.engine import Engine, build_instances
@@ -61,7 +62,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
         decoder=build_decoder(cfg),
         store=_NullStore(),
         engine=Engine(build_instances(cfg.detectors)),
-        book=AlertBook(metrics),
+        book=build_book(cfg, metrics),
         notifiers=[],
         metrics=metrics,
         deadletters=DeadLetters(cfg.deadletter.capacity),
@@ -126,7 +127,9 @@ async def feed(
             gc.enable()
     if progress is not None:
         progress(n)
-    return FeedResult([_record(a) for a in raised.values()], n, Counter(pipeline.rejected))
+    # What a SOC would have been shown: not what was suppressed, nor observe-only detectors'.
+    shown = [a for a in raised.values() if not a.observed and not a.suppressed_by]
+    return FeedResult([_record(a) for a in shown], n, Counter(pipeline.rejected))
 
 
 @dataclass

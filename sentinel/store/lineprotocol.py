@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from detectors.model import Record, StatusRecord
-from sentinel.alerting.alerts import Alert
 
 
 def _ms(ts: float) -> int:
@@ -43,16 +42,3 @@ def escape_string_field(text: str, limit: int = 2048) -> str:
 def lines_for(records: Iterable[Record | StatusRecord]) -> list[str]:
     return [record_line(r) if isinstance(r, Record) else status_line(r) for r in records]
 
-
-def alert_line(alert: Alert) -> str:
-    """Alert state changes, for Grafana annotations and for history queries."""
-    d, s = alert.device, alert.source
-    ts = alert.starts_at if alert.firing else (alert.ends_at or alert.starts_at)
-    state = "firing" if alert.firing else "resolved"
-    return (
-        f"alerts,tenant={d.tenant},zone={d.zone},kind={d.kind},detector={s.name},"
-        f"severity={s.severity},state={state} device_id={escape_string_field(d.device_id)},"
-        f"summary={escape_string_field(alert.summary)},"
-        f"evidence={escape_string_field(alert.evidence_json())},"
-        f"fingerprint={escape_string_field(alert.fingerprint)} {_ms(ts)}"
-    )
