@@ -112,6 +112,8 @@ class ThresholdRule(Detector):
                 "value": value,
                 "peak": state.peak,
                 "condition": f"{p.metric} {p.op} {p.value:g}",
+                "op": p.op,
+                "threshold": p.value,
                 "points": p.raise_after if firing else p.clear_after,
             },
         )

@@ -21,8 +21,11 @@ def write_config(
     *,
     http_port: int | None = None,
     extra: str = "",
+    http_extra: str = "",
+    alertmanager_url: str = "",
 ) -> None:
-    """A minimal agent configuration; `extra` is TOML appended at the end."""
+    """A minimal agent configuration; `extra` is TOML appended at the end, `http_extra`
+    lines of the [http] section."""
     path.write_text(
         f"""
 [mqtt]
@@ -34,9 +37,10 @@ status_topic = "{root}/{{tenant}}/{{zone}}/{{kind}}/{{device_id}}/status"
 url = "{stack.influx_url}"
 database = "{db}"
 [alertmanager]
-url = ""
+url = "{alertmanager_url}"
 [http]
 listen = "127.0.0.1:{http_port or free_port()}"
+{http_extra}
 {extra}
 """
     )

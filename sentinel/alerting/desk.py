@@ -273,10 +273,24 @@ class OperatorDesk:
             sups: Sequence[dict[str, Any]] = doc["suppressions"]
             sugs: Sequence[dict[str, Any]] = doc["suggestions"]
             for raw in sups:
-                self.book.suppressions.add(Suppression(**raw))
+                # Checked again: a hand-edited file must not mute more than the API allows.
+                s = Suppression(**raw)
+                self.book.suppressions.add(
+                    new_suppression(
+                        matchers=s.matchers,
+                        starts_at=s.starts_at,
+                        ends_at=s.ends_at,
+                        author=s.author,
+                        reason=s.reason,
+                        kind=s.kind,
+                        now=s.created_at,
+                        max_days=self.settings.max_suppression_days,
+                        suppression_id=s.id,
+                    )
+                )
             for raw in sugs:
-                s = Suggestion.from_dict(raw)
-                self.suggestions[s.id] = s
+                g = Suggestion.from_dict(raw)
+                self.suggestions[g.id] = g
         except (OSError, orjson.JSONDecodeError, KeyError, TypeError, SuppressionError) as exc:
             # The operator's state is not worth refusing to start over; say so loudly.
             log.error("desk_state_unreadable", path=str(path), error=str(exc))

@@ -28,9 +28,11 @@ def alert_line(alert: Alert) -> str:
         ts, state = alert.starts_at, alert.state
     else:
         ts, state = alert.ends_at or alert.starts_at, "resolved"
+    # device_id is a tag: points of many devices at the same millisecond must not overwrite
+    # each other (its cardinality is capped by validation.max_devices, as for telemetry).
     return (
         f"{measurement},tenant={d.tenant},zone={d.zone},kind={d.kind},detector={s.name},"
-        f"severity={s.severity},state={state} device_id={text(d.device_id)},"
+        f"severity={s.severity},state={state},device_id={d.device_id} "
         f"summary={text(alert.summary)},evidence={text(alert.evidence_json())},"
         f"fingerprint={text(alert.fingerprint)},incident={text(alert.incident)},"
         f"mitre={text(s.mitre)},suppressed_by={text(alert.suppressed_by)} {_ms(ts)}"

@@ -1,0 +1,292 @@
+"""The alert lifecycle on the real stack, through a real agent process and its HTTP API:
+one power cut is one incident with a bounded number of Alertmanager alerts; suppressions mute
+and expire; feedback is stored and its suggestion, accepted, mutes the next episode; a SIGHUP
+reload keeps detector state and a bad reload changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.agent_process import AgentProcess, start_agent, write_config
+from tests.conftest import FleetTopics, Stack, free_port, poll_rows
+from tests.mqtt_util import publish_all
+
+pytestmark = pytest.mark.stack
+
+TOKEN = "lifecycle-test-token-" + uuid.uuid4().hex
+
+
+def detectors_toml(raise_after: int, severity: str = "critical", clear_after: int = 1) -> str:
+    return f"""
+[[detectors]]
+name = "camera-dark"
+type = "threshold"
+kinds = ["video"]
+severity = "{severity}"
+group = "outage"
+[detectors.params]
+metric = "fps"
+op = "<"
+value = 1
+raise_after = {raise_after}
+clear_after = {clear_after}
+"""
+
+
+def config_text(stack: Stack, db: str, root: str, port: int, tmp: Path, body: str) -> Path:
+    token_file = tmp / "token"
+    token_file.write_text(TOKEN)
+    path = tmp / "agent.toml"
+    write_config(
+        path,
+        stack,
+        db,
+        root,
+        f"agent-{root[-10:]}",
+        http_port=port,
+        http_extra=f'token_file = "{token_file}"',
+        alertmanager_url=stack.am_url,
+        extra=f"""
+[alerting]
+max_notified_per_incident = 5
+incident_quiet_s = 2
+state_file = "{tmp / "desk.json"}"
+audit_file = "{tmp / "audit.jsonl"}"
+{body}""",
+    )
+    return path
+
+
+def reports(
+    fleet: FleetTopics, zone: str, devices: range, fps: float, t0: float, n: int
+) -> list[tuple[str, bytes]]:
+    return [
+        (
+            fleet.telemetry("lyon", zone, "video", f"cam-{i:04d}"),
+            orjson.dumps({"ts": t0 + k, "metrics": {"fps": fps}}),
+        )
+        for k in range(n)
+        for i in devices
+    ]
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+        self.session = session
+        self.base = f"http://127.0.0.1:{port}"
+        self.auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def call(self, method: str, path: str, body: object = None) -> tuple[int, Any]:
+        data = None if body is None else orjson.dumps(body)
+        async with self.session.request(
+            method, self.base + path, data=data, headers=self.auth
+        ) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def wait(self, path: str, done: Any, within_s: float = 15.0) -> Any:
+        deadline = time.monotonic() + within_s
+        while True:
+            status, body = await self.call("GET", path)
+            if status == 200 and done(body):
+                return body
+            assert time.monotonic() < deadline, f"{path}: {body}"
+            await asyncio.sleep(0.2)
+
+
+async def am_alerts(stack: Stack, session: aiohttp.ClientSession, zone: str) -> list[Any]:
+    params = [("filter", f'zone="{zone}"')]
+    async with session.get(f"{stack.am_url}/api/v2/alerts", params=params) as resp:
+        found: list[Any] = await resp.json()
+        return found
+
+
+async def start(
+    stack: Stack, db: str, fleet: FleetTopics, tmp: Path, body: str
+) -> tuple[AgentProcess, Path, int]:
+    port = free_port()
+    path = config_text(stack, db, fleet.root, port, tmp, body)
+    return await start_agent(path), path, port
+
+
+async def test_power_cut_is_one_incident_and_alertmanager_gets_a_bounded_number(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    zone = f"z{uuid.uuid4().hex[:8]}"
+    agent, _, port = await start(stack, influx_db, fleet, tmp_path, detectors_toml(2))
+    t0 = time.time() - 60
+    try:
+        await publish_all(stack.mqtt_url, reports(fleet, zone, range(120), 0.0, t0, 3))
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, port)
+            body = await api.wait(
+                "/api/incidents", lambda b: any(i["alerts"] == 120 for i in b["incidents"])
+            )
+            (incident,) = [i for i in body["incidents"] if i["zone"] == zone]
+            assert (incident["devices"], incident["notified"], incident["rolled_up"]) == (
+                120,
+                5,
+                115,
+            )
+            deadline = time.monotonic() + 15
+            while len(found := await am_alerts(stack, session, zone)) < 6:
+                assert time.monotonic() < deadline, found
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(2.5)  # a resend interval: nothing more may arrive
+            found = await am_alerts(stack, session, zone)
+        names = sorted(a["labels"]["alertname"] for a in found)
+        assert names == ["CameraDark"] * 5 + ["SentinelIncidentRollup"]
+        assert {a["labels"]["incident"] for a in found} == {incident["id"]}
+        stored = await poll_rows(
+            stack,
+            influx_db,
+            f"SELECT count(\"fingerprint\") FROM alerts WHERE zone = '{zone}'",
+            lambda r: bool(r) and r[0]["count"] >= 120,
+        )
+        assert stored[0]["count"] == 120  # every alert is stored, even those rolled up
+        opened = await poll_rows(
+            stack,
+            influx_db,
+            f"SELECT \"incident\" FROM incidents WHERE zone = '{zone}' AND state = 'open'",
+            bool,
+        )
+        assert [r["incident"] for r in opened] == [incident["id"]]
+    finally:
+        await agent.stop()
+
+
+async def test_suppression_feedback_and_suggestion_round_trip(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    quiet, noisy = f"q{uuid.uuid4().hex[:8]}", f"n{uuid.uuid4().hex[:8]}"
+    agent, _, port = await start(stack, influx_db, fleet, tmp_path, detectors_toml(1))
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, port)
+            status, made = await api.call(
+                "POST",
+                "/api/suppressions",
+                {
+                    "matchers": {"zone": quiet},
+                    "duration_s": 4,
+                    "author": "ops@lyon",
+                    "reason": "cabinet works",
+                    "kind": "maintenance",
+                },
+            )
+            assert status == 201, made
+            now = time.time()
+            await publish_all(stack.mqtt_url, reports(fleet, quiet, range(1), 0.0, now, 1))
+            await publish_all(stack.mqtt_url, reports(fleet, noisy, range(1, 2), 0.0, now, 1))
+            body = await api.wait("/api/alerts", lambda b: len(b["active"]) == 2)
+            states = {a["labels"]["zone"]: a["state"] for a in body["active"]}
+            assert states == {quiet: "suppressed", noisy: "firing"}
+            await asyncio.sleep(3)
+            assert await am_alerts(stack, session, quiet) == []
+            assert len(await am_alerts(stack, session, noisy)) == 1
+
+            # Feedback on the noisy one: stored in InfluxDB, a suppress suggestion accepted.
+            (fired,) = [a for a in body["active"] if a["state"] == "firing"]
+            status, fb = await api.call(
+                "POST",
+                "/api/feedback",
+                {"target": fired["fingerprint"], "verdict": "fp", "author": "ana", "note": "lab"},
+            )
+            assert status == 201, fb
+            (suggestion,) = [s for s in fb["suggestions"] if s["kind"] == "suppress"]
+            status, accepted = await api.call(
+                "POST", f"/api/suggestions/{suggestion['id']}/accept", {"author": "olivier"}
+            )
+            assert (status, accepted["suggestion"]["state"]) == (200, "accepted")
+            rows = await poll_rows(stack, influx_db, "SELECT * FROM feedback GROUP BY *", bool)
+            assert [(r["verdict"], r["target"], r["author"]) for r in rows] == [
+                ("fp", fired["fingerprint"], "ana")
+            ]
+
+            # Both alerts end; the next episodes: the maintenance window has expired, the
+            # accepted suggestion now mutes the noisy camera.
+            await asyncio.sleep(max(0.0, made["suppression"]["ends_at"] - time.time()))
+            later = time.time()
+            # Distinct device ids: the accepted suggestion mutes one device, not its twin.
+            devices = {quiet: range(1), noisy: range(1, 2)}
+            for zone in (quiet, noisy):
+                await publish_all(stack.mqtt_url, reports(fleet, zone, devices[zone], 25, later, 1))
+            await api.wait("/api/alerts", lambda b: not b["active"])
+            again = time.time()
+            for zone in (quiet, noisy):
+                await publish_all(stack.mqtt_url, reports(fleet, zone, devices[zone], 0, again, 1))
+            body = await api.wait("/api/alerts", lambda b: len(b["active"]) == 2)
+            states = {a["labels"]["zone"]: a["state"] for a in body["active"]}
+            assert states == {quiet: "firing", noisy: "suppressed"}
+            _, audit = await api.call("GET", "/api/audit")
+            actions = [e["action"] for e in audit["audit"]]
+            assert actions[:4] == [
+                "maintenance.add",
+                "feedback",
+                "suppression.add",
+                "suggestion.accepted",
+            ]
+            # Without the token, nothing changes.
+            async with session.post(f"{api.base}/api/reload") as resp:
+                assert resp.status == 401
+    finally:
+        await agent.stop()
+
+
+async def test_sighup_reload_keeps_state_and_a_bad_reload_changes_nothing(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    zone = f"r{uuid.uuid4().hex[:8]}"
+    agent, path, port = await start(stack, influx_db, fleet, tmp_path, detectors_toml(5))
+    t0 = time.time() - 30
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, port)
+            # 3 of the 5 dark reports the rule needs, then a reload that changes parameters.
+            await publish_all(stack.mqtt_url, reports(fleet, zone, range(1), 0.0, t0, 3))
+            await api.wait(
+                "/api/detectors/camera-dark",
+                lambda b: b["detector"]["tracked_devices"] == 1,
+            )
+            assert (await api.call("GET", "/api/alerts"))[1]["active"] == []
+            path.write_text(path.read_text().replace("clear_after = 1", "clear_after = 2"))
+            agent.proc.send_signal(signal.SIGHUP)
+            body = await api.wait(
+                "/api/audit",
+                lambda b: any(e["action"] == "config.reload" for e in b["audit"]),
+            )
+            (entry,) = [e for e in body["audit"] if e["action"] == "config.reload"]
+            assert (entry["actor"], entry["carried"]) == ("SIGHUP", ["camera-dark"])
+            _, det = await api.call("GET", "/api/detectors/camera-dark")
+            assert det["detector"]["params"]["clear_after"] == 2
+
+            # A broken file is refused; the agent keeps running with what it had.
+            good = path.read_text()
+            path.write_text(good + "\n[[detectors]]\nname = 'x'\ntype = 'no-such-type'\n")
+            status, refused = await api.call("POST", "/api/reload", {"author": "ops"})
+            assert status == 400
+            assert any("no-such-type" in p for p in refused["problems"])
+            path.write_text(good.replace("[mqtt]\n", "[mqtt]\nkeepalive_s = 45\n"))
+            status, refused = await api.call("POST", "/api/reload", {"author": "ops"})
+            assert (status, refused["problems"]) == (
+                400,
+                ["[mqtt] changed: restart the agent to apply it"],
+            )
+
+            # Two more dark reports: the 5th since the start fires, so the state survived.
+            await publish_all(stack.mqtt_url, reports(fleet, zone, range(1), 0.0, t0 + 3, 2))
+            await api.wait("/api/alerts", lambda b: len(b["active"]) == 1)
+            async with session.get(f"{api.base}/metrics") as resp:
+                text = await resp.text()
+            assert 'sentinel_config_reloads_total{result="ok"} 1.0' in text
+            assert 'sentinel_config_reloads_total{result="refused"} 2.0' in text
+    finally:
+        await agent.stop()
