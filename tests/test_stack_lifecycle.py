@@ -6,7 +6,10 @@ reload keeps detector state and a bad reload changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -288,5 +291,76 @@ async def test_sighup_reload_keeps_state_and_a_bad_reload_changes_nothing(
                 text = await resp.text()
             assert 'sentinel_config_reloads_total{result="ok"} 1.0' in text
             assert 'sentinel_config_reloads_total{result="refused"} 2.0' in text
+    finally:
+        await agent.stop()
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel.cli", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_operator_commands_drive_the_running_agent(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    agent, path, _ = await start(stack, influx_db, fleet, tmp_path, detectors_toml(1))
+    try:
+        added = await asyncio.to_thread(
+            cli,
+            path,
+            "suppress",
+            "add",
+            "--match",
+            "zone=gerland",
+            "--match",
+            "detector=camera-*",
+            "--for",
+            "2h",
+            "--reason",
+            "works",
+            "--author",
+            "ops",
+            "--maintenance",
+        )
+        assert added.returncode == 0, added.stderr
+        listed = await asyncio.to_thread(cli, path, "suppress", "list", "--json")
+        (entry,) = json.loads(listed.stdout)["suppressions"]
+        assert (entry["kind"], entry["matchers"]) == (
+            "maintenance",
+            {"zone": "gerland", "detector": "camera-*"},
+        )
+        assert entry["ends_at"] - entry["starts_at"] == 7200
+        refused = await asyncio.to_thread(
+            cli,
+            path,
+            "suppress",
+            "add",
+            "--match",
+            "topic=x",
+            "--for",
+            "1h",
+            "--reason",
+            "r",
+            "--author",
+            "a",
+        )
+        assert refused.returncode == 1
+        assert "unknown label" in refused.stderr
+        shown = await asyncio.to_thread(cli, path, "detectors", "show", "camera-dark", "--json")
+        assert json.loads(shown.stdout)["params"]["metric"] == "fps"
+        reloaded = await asyncio.to_thread(cli, path, "reload", "--author", "ops")
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert "kept ['camera-dark']" in reloaded.stdout
+        removed = await asyncio.to_thread(
+            cli, path, "suppress", "remove", entry["id"], "--author", "ops"
+        )
+        assert removed.returncode == 0, removed.stderr
+        listed = await asyncio.to_thread(cli, path, "suppress", "list", "--json")
+        assert json.loads(listed.stdout)["suppressions"] == []
     finally:
         await agent.stop()
