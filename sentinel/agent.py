@@ -23,6 +23,7 @@ from sentinel import reload as hot_reload
 from sentinel.alerting.alertmanager import AlertmanagerSink
 from sentinel.alerting.build import alert_policy, build_book
 from sentinel.alerting.desk import DeskSettings, OperatorDesk
+from sentinel.alerting.mqtt_sink import MqttAlertSink
 from sentinel.config import Config
 from sentinel.deadletter import DeadLetters
 from sentinel.decode import Decoder
@@ -110,6 +111,8 @@ class Agent:
             if cfg.alertmanager.url:
                 am = AlertmanagerSink(session, cfg.alertmanager, self.book, self.metrics)
                 notifiers.append(am)
+            if cfg.alerting.mqtt_topic:
+                notifiers.append(MqttAlertSink(cfg.alerting.mqtt_topic, self.reader, self.metrics))
             self.pipeline = Pipeline(
                 decoder=self.decoder,
                 store=self.writer,

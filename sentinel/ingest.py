@@ -111,6 +111,14 @@ class MqttReader:
             # Re-register aiomqtt's own read callback for the same socket.
             self._client._on_socket_open(paho, None, paho.socket())
 
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Queue a message on the agent's own connection, without waiting for the broker:
+        it goes out even while reads are paused. False when not connected."""
+        paho = self._paho()
+        if paho is None or not self.connected.is_set():
+            return False
+        return paho.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+
     def stop(self) -> None:
         """For shutdown: pause for good. The connection stays open for the last acks until
         the task running `run` is cancelled."""

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import orjson
 import pytest
 
 from tests.agent_process import AgentProcess, start_agent, write_config
 from tests.conftest import FleetTopics, Stack, free_port, poll_rows
 from tests.mqtt_util import publish_all
+from tests.stack_env import host_port, secret
 
 pytestmark = pytest.mark.stack
 
@@ -45,6 +47,23 @@ clear_after = {clear_after}
 """
 
 
+def alert_topic(root: str) -> str:
+    return f"sentinel/alerts/{root.rsplit('/', 1)[-1]}"
+
+
+async def collect_alerts(stack: Stack, topic: str, out: list[Any], ready: asyncio.Event) -> None:
+    """Listen as the operator (the ACL lets it read sentinel/alerts/#)."""
+    host, port = host_port(stack.mqtt_url)
+    async with aiomqtt.Client(
+        host, port, username="sentinel-operator", password=secret("mqtt-operator")
+    ) as client:
+        await client.subscribe(topic + "/#", qos=1)
+        ready.set()
+        async for message in client.messages:
+            assert isinstance(message.payload, bytes)
+            out.append((str(message.topic), orjson.loads(message.payload)))
+
+
 def config_text(stack: Stack, db: str, root: str, port: int, tmp: Path, body: str) -> Path:
     token_file = tmp / "token"
     token_file.write_text(TOKEN)
@@ -60,6 +79,7 @@ def config_text(stack: Stack, db: str, root: str, port: int, tmp: Path, body: st
         alertmanager_url=stack.am_url,
         extra=f"""
 [alerting]
+mqtt_topic = "{alert_topic(root)}"
 max_notified_per_incident = 5
 incident_quiet_s = 2
 state_file = "{tmp / "desk.json"}"
@@ -126,6 +146,12 @@ async def test_power_cut_is_one_incident_and_alertmanager_gets_a_bounded_number(
     zone = f"z{uuid.uuid4().hex[:8]}"
     agent, _, port = await start(stack, influx_db, fleet, tmp_path, detectors_toml(2))
     t0 = time.time() - 60
+    on_mqtt: list[Any] = []
+    listening = asyncio.Event()
+    listener = asyncio.create_task(
+        collect_alerts(stack, alert_topic(fleet.root), on_mqtt, listening)
+    )
+    await asyncio.wait_for(listening.wait(), 10)
     try:
         await publish_all(stack.mqtt_url, reports(fleet, zone, range(120), 0.0, t0, 3))
         async with aiohttp.ClientSession() as session:
@@ -162,7 +188,16 @@ async def test_power_cut_is_one_incident_and_alertmanager_gets_a_bounded_number(
             bool,
         )
         assert [r["incident"] for r in opened] == [incident["id"]]
+        # The same notices on the MQTT alerts topic, for automation: five alerts, and the
+        # roll-up each time its count changed (once per batch at most).
+        topics = {t for t, _ in on_mqtt}
+        assert topics == {f"{alert_topic(fleet.root)}/lyon/{zone}/critical"}
+        alone = [m for _, m in on_mqtt if m["labels"]["alertname"] == "CameraDark"]
+        rollups = [m for _, m in on_mqtt if m["labels"]["alertname"] != "CameraDark"]
+        assert len(alone) == 5
+        assert rollups[-1]["evidence"]["rolled_up"] == 115
     finally:
+        listener.cancel()
         await agent.stop()
 
 
