@@ -64,7 +64,9 @@ async def collect_alerts(stack: Stack, topic: str, out: list[Any], ready: asynci
             out.append((str(message.topic), orjson.loads(message.payload)))
 
 
-def config_text(stack: Stack, db: str, root: str, port: int, tmp: Path, body: str) -> Path:
+def config_text(
+    stack: Stack, db: str, root: str, port: int, tmp: Path, body: str, alerting: str = ""
+) -> Path:
     token_file = tmp / "token"
     token_file.write_text(TOKEN)
     path = tmp / "agent.toml"
@@ -84,6 +86,7 @@ max_notified_per_incident = 5
 incident_quiet_s = 2
 state_file = "{tmp / "desk.json"}"
 audit_file = "{tmp / "audit.jsonl"}"
+{alerting}
 {body}""",
     )
     return path
@@ -133,10 +136,10 @@ async def am_alerts(stack: Stack, session: aiohttp.ClientSession, zone: str) -> 
 
 
 async def start(
-    stack: Stack, db: str, fleet: FleetTopics, tmp: Path, body: str
+    stack: Stack, db: str, fleet: FleetTopics, tmp: Path, body: str, alerting: str = ""
 ) -> tuple[AgentProcess, Path, int]:
     port = free_port()
-    path = config_text(stack, db, fleet.root, port, tmp, body)
+    path = config_text(stack, db, fleet.root, port, tmp, body, alerting)
     return await start_agent(path), path, port
 
 
@@ -397,5 +400,56 @@ async def test_operator_commands_drive_the_running_agent(
         assert removed.returncode == 0, removed.stderr
         listed = await asyncio.to_thread(cli, path, "suppress", "list", "--json")
         assert json.loads(listed.stdout)["suppressions"] == []
+    finally:
+        await agent.stop()
+
+
+async def test_alert_flood_gives_bounded_incidents_and_notifications(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    """20,000 devices in 2,000 zones each raise an alert: with at most 20 open incidents and
+    5 notices each, Alertmanager sees a bounded number; InfluxDB still gets all 20,000."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"
+    agent, _, port = await start(
+        stack, influx_db, fleet, tmp_path, detectors_toml(1), alerting="max_open_incidents = 20"
+    )
+    t0 = time.time() - 30
+    flood = [
+        (
+            fleet.telemetry(tenant, f"z{i % 2000}", "video", f"cam-{i:05d}"),
+            orjson.dumps({"ts": t0, "metrics": {"fps": 0}}),
+        )
+        for i in range(20_000)
+    ]
+    try:
+        await publish_all(stack.mqtt_url, flood)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, port)
+            incidents = await api.wait(
+                "/api/incidents",
+                lambda b: sum(i["alerts"] for i in b["incidents"]) == 20_000,
+                within_s=60,
+            )
+            assert len(incidents["incidents"]) == 21  # 20 zones + the overflow incident
+            await asyncio.sleep(3)  # let the sink post and resend once
+            params = [("filter", f'tenant="{tenant}"')]
+            async with session.get(f"{stack.am_url}/api/v2/alerts", params=params) as resp:
+                in_am = await resp.json()
+            overflow = [
+                a
+                for a in (await am_alerts(stack, session, "_overflow"))
+                if a["labels"].get("incident") in {i["id"] for i in incidents["incidents"]}
+            ]
+        # Per zone incident: 5 alerts + 1 roll-up at most; the overflow: 5 alerts + 1 roll-up.
+        assert len(in_am) + len(overflow) <= 21 * 6
+        assert len(in_am) >= 20 * 5
+        stored = await poll_rows(
+            stack,
+            influx_db,
+            f"SELECT count(\"fingerprint\") FROM alerts WHERE tenant = '{tenant}'",
+            lambda r: bool(r) and r[0]["count"] >= 20_000,
+            within_s=30,
+        )
+        assert stored[0]["count"] == 20_000
     finally:
         await agent.stop()
