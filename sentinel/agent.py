@@ -34,6 +34,7 @@ from sentinel.inbox import Ack, Delivery, Inbox
 from sentinel.ingest import MqttReader
 from sentinel.metrics import Metrics
 from sentinel.operator_api import OperatorApi
+from sentinel.partition import subscriptions
 from sentinel.pipeline import AlertNotifier, Pipeline
 from sentinel.store.influx import InfluxHttp, InfluxWriter
 from sentinel.store.spool import Spool
@@ -77,7 +78,9 @@ class Agent:
         self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
         self.reader = MqttReader(
             config.mqtt,
-            [self.decoder.telemetry.subscription, self.decoder.status.subscription],
+            subscriptions(
+                [self.decoder.telemetry, self.decoder.status], config.mqtt.partition
+            ),
             self.inbox,
             self.metrics,
         )

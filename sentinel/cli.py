@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from benchmarks.nab.cli import app as bench_app
+from sentinel import operator_cli
 from sentinel.config import Config, load_config
 from sentinel.errors import ConfigError
 from sentinel.traffic.cli import InventoryOption, JsonLinesOption, TrafficConfigOption
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(pcap_app, name="pcap", help="Analyse MQTT and network traffic in capture files.")
 app.add_typer(bench_app, name="bench", help="Benchmarks: NAB (Numenta Anomaly Benchmark).")
+operator_cli.register(app)
 
 ConfigOption = Annotated[
     Path,
@@ -44,8 +46,27 @@ def run(config: ConfigOption = Path("deploy/sentinel.toml")) -> None:
 
     cfg = _load(config)
     logs.configure(cfg.log.level, cfg.log.json_format)
-    agent = Agent(cfg)
-    run_until_signal(agent.run(), agent.request_stop)
+    agent = Agent(cfg, config_path=config)
+    run_until_signal(agent.run(), agent.request_stop, lambda: agent.reload("SIGHUP"))
+
+
+@app.command("partition-plan")
+def partition_plan(
+    inventory: Annotated[
+        Path, typer.Option(help="Fleet inventory (JSON list, `sim --inventory`).")
+    ],
+    replicas: Annotated[int, typer.Option(min=1, help="Agent replicas.")] = 2,
+) -> None:
+    """Spread the fleet's zones over agent replicas: prints each one's [mqtt] partition."""
+    import orjson  # noqa: PLC0415
+
+    from sentinel import partition  # noqa: PLC0415
+
+    sizes: dict[tuple[str, str], int] = {}
+    for device in orjson.loads(inventory.read_bytes()):
+        key = (device["tenant"], device["zone"])
+        sizes[key] = sizes.get(key, 0) + 1
+    typer.echo(partition.toml_for(partition.plan(sizes, replicas)))
 
 
 @app.command("check-config")

@@ -29,6 +29,7 @@ from detectors.base import DetectorParams
 from detectors.model import KINDS
 from sentinel.alerting.suppressions import SuppressionError, check_matchers
 from sentinel.errors import ConfigError
+from sentinel.partition import check_slice
 from sentinel.traffic.config import TrafficConfig
 from sentinel.traffic.inventory import InventoryError, load_inventory
 
@@ -62,8 +63,16 @@ class MqttConfig(_Section):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # A persistent session: the broker queues QoS 1 messages while the agent is away.
     clean_session: bool = False
+    # Scale-out (sentinel.partition): this replica's share of the fleet, as tenants or
+    # (tenant, zone) pairs, e.g. [{tenant = "lyon", zone = "part-dieu"}]; empty = everything.
+    partition: tuple[dict[str, str], ...] = ()
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("partition")
+    @classmethod
+    def _partition(cls, v: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
+        return tuple(check_slice(spec) for spec in v)
 
     @field_validator("url")
     @classmethod
