@@ -37,9 +37,11 @@ from sentinel.operator_api import OperatorApi
 from sentinel.partition import subscriptions
 from sentinel.pipeline import AlertNotifier, Pipeline
 from sentinel.store.influx import InfluxHttp, InfluxWriter
+from sentinel.store.locations import location_lines
 from sentinel.store.spool import Spool
 from sentinel.topics import TopicPattern
-from sentinel.traffic.live import traffic_tasks
+from sentinel.traffic.feed import add_routes as add_traffic_feed
+from sentinel.traffic.live import load_devices, traffic_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -78,9 +80,7 @@ class Agent:
         self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
         self.reader = MqttReader(
             config.mqtt,
-            subscriptions(
-                [self.decoder.telemetry, self.decoder.status], config.mqtt.partition
-            ),
+            subscriptions([self.decoder.telemetry, self.decoder.status], config.mqtt.partition),
             self.inbox,
             self.metrics,
         )
@@ -102,6 +102,13 @@ class Agent:
             "influxdb": self.writer is not None and self.writer.healthy,
         }
 
+    async def _store_locations(self, writer: InfluxWriter) -> None:
+        """Where each inventory device is (measurement device_location), for the SOC's map."""
+        path = self.config.traffic.inventory_file
+        if path is not None:
+            load_devices(path, self.config.validation.kinds)  # tags checked as telemetry's are
+            await writer.put(location_lines(path, time.time()))
+
     async def run(self) -> None:
         cfg = self.config
         async with aiohttp.ClientSession() as session:
@@ -109,6 +116,7 @@ class Agent:
             spool = Spool(spool_dir, cfg.influxdb.spool_max_bytes) if spool_dir else None
             http = InfluxHttp(session, cfg.influxdb)
             self.writer = InfluxWriter(http, cfg.influxdb, self.metrics, spool)
+            await self._store_locations(self.writer)
             notifiers: list[AlertNotifier] = []
             am: AlertmanagerSink | None = None
             if cfg.alertmanager.url:
@@ -147,6 +155,7 @@ class Agent:
                 ),
                 access_log=None,
             )
+            add_traffic_feed(runner.app, cfg, self.pipeline, self.metrics, token is not None)
             await runner.setup()
             await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
             self.http_ready.set()

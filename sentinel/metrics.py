@@ -52,6 +52,8 @@ class Metrics:
         self.influx_write_errors = Counter(
             "sentinel_influx_write_errors_total", "Failed InfluxDB writes", ["kind"], registry=r
         )
+        for kind in ("unavailable", "rejected"):  # present at 0: a rate of 0, not "no data"
+            self.influx_write_errors.labels(kind)
         self.spool_bytes = Gauge(
             "sentinel_spool_bytes", "Bytes in the on-disk spool (InfluxDB away)", registry=r
         )
