@@ -220,6 +220,11 @@ def _print_outcome(console: Console, truth: tuple[GroundTruth, ...], book: Alert
         )
     if not book.history:
         console.print("[yellow]No alert was raised.[/]")
+    for incident in book.incidents.by_id.values():
+        console.print(
+            f"Incident: [bold]{incident.id}[/] {incident.severity}: {incident.summary}"
+            f" ({'open' if incident.open else 'closed'})"
+        )
 
 
 def _print_where_to_look(
