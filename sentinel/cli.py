@@ -9,6 +9,7 @@ import typer
 
 from benchmarks.nab.cli import app as bench_app
 from sentinel import operator_cli
+from sentinel.backtest_cli import backtest as backtest_command
 from sentinel.config import Config, load_config
 from sentinel.errors import ConfigError
 from sentinel.traffic.cli import InventoryOption, JsonLinesOption, TrafficConfigOption
@@ -22,6 +23,7 @@ app = typer.Typer(
 app.add_typer(pcap_app, name="pcap", help="Analyse MQTT and network traffic in capture files.")
 app.add_typer(bench_app, name="bench", help="Benchmarks: NAB (Numenta Anomaly Benchmark).")
 operator_cli.register(app)
+app.command("backtest")(backtest_command)
 
 ConfigOption = Annotated[
     Path,
