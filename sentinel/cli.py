@@ -157,11 +157,14 @@ def capture(
     duration: Annotated[
         float | None, typer.Option(min=0, help="Stop after this many seconds (default: Ctrl-C).")
     ] = None,
+    agent: Annotated[
+        bool, typer.Option("--agent", help="Also feed the running agent (its API, its token).")
+    ] = False,
 ) -> None:
     """Analyze live traffic (needs CAP_NET_RAW): MQTT attacks and flows, alerts as they open."""
     from sentinel.traffic.cli import run_capture  # noqa: PLC0415 - keep `sentinel --help` fast
 
-    raise typer.Exit(run_capture(iface, bpf, inventory, json_lines, config, duration))
+    raise typer.Exit(run_capture(iface, bpf, inventory, json_lines, config, duration, agent))
 
 
 @app.command()

@@ -20,9 +20,11 @@ from sentinel.errors import SentinelError
 from sentinel.traffic.config import TrafficConfig
 
 if TYPE_CHECKING:
-    from sentinel.traffic.alerts import TrafficAlert
-    from sentinel.traffic.analyzer import Analyzer
+    from detectors.model import DeviceRef
+    from sentinel.traffic.alerts import AlertListener, TrafficAlert
+    from sentinel.traffic.analyzer import Analysis, Analyzer
     from sentinel.traffic.capture import LiveSocket
+    from sentinel.traffic.feed_client import AgentFeed
 
 app = typer.Typer(
     help="Analyze packet captures: MQTT protocol attacks and per-device flows.",
@@ -69,7 +71,12 @@ JsonLinesOption = Annotated[
 ]
 TrafficConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML file whose traffic table sets thresholds."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML file whose traffic table sets thresholds (with --agent: the agent's "
+        "configuration, default deploy/sentinel.toml).",
+    ),
 ]
 
 
@@ -131,9 +138,10 @@ class _LivePrinter:
 
 
 async def _capture_until_stopped(
-    live: LiveSocket, analyzer: Analyzer, duration: float | None
-) -> int:
-    """Capture until SIGINT/SIGTERM or `duration`; returns the frames the kernel dropped."""
+    live: LiveSocket, analyzer: Analyzer, duration: float | None, feed: AgentFeed | None
+) -> tuple[int, Analysis]:
+    """Capture until SIGINT/SIGTERM or `duration`, feeding the agent meanwhile if asked;
+    returns the frames the kernel dropped and the analysis."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,13 +154,45 @@ async def _capture_until_stopped(
 
     from sentinel.traffic.capture import pump  # noqa: PLC0415
 
-    task = asyncio.create_task(pump(live, analyzer, tick))
+    tasks = [asyncio.create_task(pump(live, analyzer, tick))]
+    if feed is not None:
+        tasks.append(asyncio.create_task(feed.run()))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), duration)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     live.read(analyzer)  # what arrived meanwhile
-    return drops + live.kernel_drops()
+    analysis = analyzer.finish()  # the last windows and hits: sent too
+    if feed is not None:
+        await feed.finish()
+    return drops + live.kernel_drops(), analysis
+
+
+def _agent_feed(
+    config: Path | None, inventory: Path | None
+) -> tuple[TrafficConfig, dict[bytes, DeviceRef] | None, AgentFeed | None]:
+    """`--agent`: thresholds, inventory, token and address from the agent's configuration;
+    None for the feed when the agent refuses it (the reason is printed)."""
+    from sentinel.config import load_config  # noqa: PLC0415
+    from sentinel.operator_cli import DEFAULT_CONFIG, AgentUnreachable  # noqa: PLC0415
+    from sentinel.traffic.feed_client import AgentFeed, FeedRefused, agent_post  # noqa: PLC0415
+    from sentinel.traffic.live import load_devices  # noqa: PLC0415
+
+    try:
+        cfg = load_config(config or DEFAULT_CONFIG)
+        path = inventory or cfg.traffic.inventory_file
+        devices = load_devices(path, cfg.validation.kinds) if path else None
+    except SentinelError as exc:
+        raise _fail(str(exc)) from None
+    post = agent_post(cfg)
+    try:
+        post({})  # the address, the token and the endpoint, before capturing
+    except FeedRefused:
+        return cfg.traffic, devices, None
+    except AgentUnreachable as exc:
+        typer.echo(f"sentinel: {exc}; capturing anyway, batches wait for it", err=True)
+    return cfg.traffic, devices, AgentFeed(post)
 
 
 def run_capture(
@@ -162,37 +202,72 @@ def run_capture(
     json_lines: bool,
     config: Path | None,
     duration: float | None,
+    agent: bool = False,
 ) -> int:
     """`sentinel capture`: analyze an interface live, print each alert as it opens, and a
-    summary at the end (Ctrl-C, SIGTERM or `duration`). Returns the exit code."""
+    summary at the end (Ctrl-C, SIGTERM or `duration`); with `agent`, also send alert hits
+    and flow windows to the running agent. Returns the exit code."""
     from sentinel.traffic import report  # noqa: PLC0415
     from sentinel.traffic.analyzer import Analyzer  # noqa: PLC0415
     from sentinel.traffic.capture import LiveSocket  # noqa: PLC0415
     from sentinel.traffic.inventory import load_inventory  # noqa: PLC0415
 
-    cfg = load_traffic_config(config) if config else TrafficConfig()
+    feed: AgentFeed | None = None
+    if agent:
+        cfg, devices, feed = _agent_feed(config, inventory)
+        if feed is None:
+            return 1
+    else:
+        cfg = load_traffic_config(config) if config else TrafficConfig()
+        try:
+            devices = load_inventory(inventory) if inventory else None
+        except SentinelError as exc:
+            raise _fail(str(exc)) from None
     try:
-        devices = load_inventory(inventory) if inventory else None
         live = LiveSocket(iface, bpf)
     except SentinelError as exc:  # LiveCaptureError: no such interface, no CAP_NET_RAW, ...
         raise _fail(str(exc)) from None
     printer = _LivePrinter(json_lines)
-    analyzer = Analyzer(cfg, devices, keep_features=False, keep_alerts=False, on_alert=printer)
-    where = iface + (f" ({bpf})" if bpf else "")
+    on_alert = printer if feed is None else _both(printer, feed.on_alert)
+    analyzer = Analyzer(
+        cfg,
+        devices,
+        keep_features=False,
+        keep_alerts=False,
+        on_alert=on_alert,
+        on_features=None if feed is None else feed.on_features,
+    )
+    where = iface + (f" ({bpf})" if bpf else "") + ("; feeding the agent" if feed else "")
     typer.echo(f"capturing on {where}; Ctrl-C stops", err=True)  # stderr: also with --json
     try:
-        drops = asyncio.run(_capture_until_stopped(live, analyzer, duration))
+        drops, analysis = asyncio.run(_capture_until_stopped(live, analyzer, duration, feed))
     finally:
         live.close()
-    analysis = analyzer.finish()
     s = analysis.summary
     s.alerts = sum(printer.opened.values())
     s.alerts_by_kind = dict(sorted(printer.opened.items()))
+    fed = {} if feed is None else {"feed": feed.stats.to_dict()}
     if json_lines:
-        summary = {"type": "summary", **s.to_dict(), "kernel_drops": drops}
+        summary = {"type": "summary", **s.to_dict(), "kernel_drops": drops, **fed}
         typer.echo(orjson.dumps(summary, option=orjson.OPT_NON_STR_KEYS).decode())
     else:
         report.print_tables(analysis, Console())
         if drops:
             typer.echo(f"the kernel dropped {drops} frames: the capture fell behind", err=True)
+    if feed is not None:
+        f = feed.stats
+        typer.echo(
+            f"fed the agent {f.batches} batches ({f.alerts} alert hits, {f.features} feature "
+            f"windows); {f.failed} attempts found no agent, {f.refused} batches refused, "
+            f"{f.dropped} items dropped (oldest, too many waiting), {f.unsent} unsent",
+            err=True,
+        )
     return 0
+
+
+def _both(first: AlertListener, second: AlertListener) -> AlertListener:
+    def call(alert: TrafficAlert, opened: bool) -> None:
+        first(alert, opened)
+        second(alert, opened)
+
+    return call

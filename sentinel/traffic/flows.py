@@ -18,6 +18,20 @@ _MAX_SEEN = 4096  # destinations remembered per host; past that, new ones stay "
 _MAX_DNS = 256  # names kept per host and window
 _MAX_UDP_FLOWS = 200_000
 _TELNET = frozenset({23, 2323})
+# The numbers of a window, in `FlowFeatures.metrics()` (and on the wire to the agent).
+FEATURE_METRICS = (
+    "bytes_out",
+    "bytes_in",
+    "packets_out",
+    "packets_in",
+    "connections",
+    "dst_ips",
+    "dst_ports",
+    "new_dsts",
+    "telnet",
+    "ssh",
+    "dns_names",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,19 +55,20 @@ class FlowFeatures:
     dns_names: tuple[str, ...]
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "bytes_out": float(self.bytes_out),
-            "bytes_in": float(self.bytes_in),
-            "packets_out": float(self.packets_out),
-            "packets_in": float(self.packets_in),
-            "connections": float(self.connections),
-            "dst_ips": float(self.dst_ips),
-            "dst_ports": float(self.dst_ports),
-            "new_dsts": float(self.new_dsts),
-            "telnet": float(self.telnet),
-            "ssh": float(self.ssh),
-            "dns_names": float(len(self.dns_names)),
-        }
+        values = (
+            self.bytes_out,
+            self.bytes_in,
+            self.packets_out,
+            self.packets_in,
+            self.connections,
+            self.dst_ips,
+            self.dst_ports,
+            self.new_dsts,
+            self.telnet,
+            self.ssh,
+            len(self.dns_names),
+        )
+        return {name: float(v) for name, v in zip(FEATURE_METRICS, values, strict=True)}
 
     def to_record(self) -> Record | None:
         """The window as a telemetry record (inventory devices only), for the detector engine."""

@@ -4,6 +4,8 @@
   detections as a capture (`sentinel.traffic.brokerlog`, `Analyzer.event`).
 - `sys_topics`: the broker's `$SYS/#` as Prometheus gauges (`sentinel.traffic.systopics`).
 - `capture_iface`: a live capture (`sentinel.traffic.capture`) through an `Analyzer`.
+- `sentinel capture --agent`: a capture in another process, fed over the HTTP API
+  (`sentinel.traffic.feed`) into the same alert bridge and pipeline.
 
 Traffic alerts reach the agent's alert book through `Pipeline.raise_alerts` (so InfluxDB and
 Alertmanager get them like any alert) via `AlertBridge`; the flow features of inventory devices
@@ -16,7 +18,7 @@ import asyncio
 import hashlib
 import time
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +55,7 @@ _RETRY_S = 1.0  # after an unexpected error in a source's loop
 _READ_BYTES = 256 << 10  # broker log bytes per turn (~3,000 lines), then the loop gets a turn
 _TEXT = 256  # attacker-controlled strings in evidence are cut to this
 _SUMMARY_SUBJECT = 80
+_FEED_CLOCK_S = 1.0  # fed alerts: how often quiet ones are checked for resolution
 
 _TITLES: dict[AlertKind, str] = {
     "brute_force_ip": "MQTT login brute force from {}",
@@ -88,13 +91,21 @@ def alert_source(kind: AlertKind, severity: str) -> AlertSource:
     )
 
 
+def net_record(device: DeviceRef, ts: float, metrics: Mapping[str, float]) -> Record:
+    """A device's flow window as a record; metrics prefixed `net_` (what the network saw,
+    beside what the device reports)."""
+    return Record(device, ts, {f"net_{k}": v for k, v in metrics.items()})
+
+
 def feature_record(features: FlowFeatures) -> Record | None:
-    """An inventory device's window as a record; metrics prefixed `net_` (what the network
-    saw, beside what the device reports)."""
+    """An inventory device's window as a record (None for other hosts)."""
     record = features.to_record()
-    if record is None:
-        return None
-    return Record(record.device, record.ts, {f"net_{k}": v for k, v in record.metrics.items()})
+    return None if record is None else net_record(record.device, record.ts, record.metrics)
+
+
+def subject_digest(subject: str) -> bytes:
+    """What places an alert without a device in a bucket (see `AlertBridge`)."""
+    return hashlib.sha256(subject.encode("utf-8", "replace")).digest()
 
 
 @dataclass(slots=True)
@@ -116,16 +127,18 @@ class AlertBridge:
 
     def __init__(self, config: TrafficSourcesConfig) -> None:
         self._cfg = config
-        self._touched: dict[int, tuple[TrafficAlert, str]] = {}
+        self._touched: dict[int, tuple[TrafficAlert, str, bytes | None]] = {}
         self.active: dict[tuple[AlertKind, DeviceRef], _Active] = {}
 
-    def touch(self, alert: TrafficAlert, origin: str) -> None:
-        self._touched[id(alert)] = (alert, origin)
+    def touch(self, alert: TrafficAlert, origin: str, digest: bytes | None = None) -> None:
+        """A hit on `alert`. `digest`: `subject_digest` of the whole subject, when `alert`
+        carries it cut (a fed alert), so that it lands in the same bucket."""
+        self._touched[id(alert)] = (alert, origin, digest)
 
-    def device(self, alert: TrafficAlert) -> DeviceRef:
+    def device(self, alert: TrafficAlert, digest: bytes | None = None) -> DeviceRef:
         if alert.device is not None:
             return alert.device
-        digest = hashlib.sha256(alert.subject.encode("utf-8", "replace")).digest()
+        digest = digest or subject_digest(alert.subject)
         bucket = int.from_bytes(digest[:4], "big") % self._cfg.subject_buckets
         return DeviceRef(self._cfg.tenant, self._cfg.zone, TRAFFIC_KIND, f"_s{bucket:03x}")
 
@@ -133,8 +146,8 @@ class AlertBridge:
         """The transitions since the last flush: alerts that started, and quiet ones resolved."""
         out: dict[AlertSource, list[Transition]] = {}
         touched, self._touched = self._touched, {}
-        for alert, origin in touched.values():
-            key = (alert.kind, self.device(alert))
+        for alert, origin, digest in touched.values():
+            key = (alert.kind, self.device(alert, digest))
             active = self.active.get(key)
             if active is not None:
                 active.seen, active.last = mono, max(active.last, alert.last)
@@ -222,6 +235,12 @@ class TrafficMetrics:
             "Per-device flow feature windows ingested as records",
             registry=r,
         )
+        self.feed_items = Counter(
+            "sentinel_traffic_feed_items_total",
+            "Alert hits and feature windows fed by `sentinel capture --agent`, by result",
+            ["item", "result"],
+            registry=r,
+        )
         self.broker = BrokerGauges(r)
         for source in SOURCES:
             self.source_up.labels(source).set(0)
@@ -236,6 +255,19 @@ class TrafficMetrics:
         return metrics
 
 
+def device_problem(d: DeviceRef, kinds: tuple[str, ...]) -> str | None:
+    """Why a device could not be a telemetry device (its values become tags), or None."""
+    if d.kind not in kinds:
+        return f"device {d.device_id[:64]!r}: kind {d.kind[:64]!r} is not in validation.kinds"
+    if not (
+        _TENANT.fullmatch(d.tenant)
+        and _ZONE.fullmatch(d.zone)
+        and _DEVICE_ID.fullmatch(d.device_id)
+    ):
+        return f"device {d.device_id[:64]!r}: tenant, zone or id not valid"
+    return None
+
+
 def load_devices(path: Path, kinds: tuple[str, ...]) -> dict[bytes, DeviceRef]:
     """The inventory, each device checked as telemetry would be (its values become tags)."""
     try:
@@ -244,14 +276,9 @@ def load_devices(path: Path, kinds: tuple[str, ...]) -> dict[bytes, DeviceRef]:
         raise ConfigError(str(path), [f"traffic.inventory_file: {exc.reason}"]) from None
     problems = []
     for d in devices.values():
-        if d.kind not in kinds:
-            problems.append(f"device {d.device_id!r}: kind {d.kind!r} is not in validation.kinds")
-        elif not (
-            _TENANT.fullmatch(d.tenant)
-            and _ZONE.fullmatch(d.zone)
-            and _DEVICE_ID.fullmatch(d.device_id)
-        ):
-            problems.append(f"device {d.device_id[:64]!r}: tenant, zone or id not valid")
+        problem = device_problem(d, kinds)
+        if problem is not None:
+            problems.append(problem)
         if len(problems) >= 10:
             break
     if problems:
@@ -260,7 +287,14 @@ def load_devices(path: Path, kinds: tuple[str, ...]) -> dict[bytes, DeviceRef]:
 
 
 class TrafficSources:
-    """The enabled sources of one agent; each `run_*` is a long-lived task of its TaskGroup."""
+    """The enabled sources of one agent; each `run_*` is a long-lived task of its TaskGroup.
+
+    One per agent, with one alert bridge: an attack seen by two sources (the broker log and a
+    fed capture) is one alert, resolved once every source has gone quiet about it."""
+
+    _fed: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, TrafficSources]] = (
+        weakref.WeakKeyDictionary()
+    )
 
     def __init__(self, config: Config, pipeline: Pipeline, metrics: Metrics) -> None:
         self.cfg = config.traffic
@@ -273,9 +307,27 @@ class TrafficSources:
         )
         self.bridge = AlertBridge(self.cfg)
         self._records: list[Record] = []
+        self.fed = False  # an HTTP feed (sentinel.traffic.feed) delivers through these
+
+    @classmethod
+    def for_feed(cls, config: Config, pipeline: Pipeline, metrics: Metrics) -> TrafficSources:
+        """The agent's sources, made for its HTTP feed; `traffic_tasks` later finds the same
+        ones (the agent's metrics registry tells agents apart)."""
+        sources = cls._fed.get(metrics.registry)
+        if sources is None or sources.pipeline is not pipeline:
+            sources = cls._fed[metrics.registry] = cls(config, pipeline, metrics)
+        sources.fed = True
+        return sources
+
+    @classmethod
+    def fed_sources(cls, pipeline: Pipeline, metrics: Metrics) -> TrafficSources | None:
+        sources = cls._fed.get(metrics.registry)
+        return sources if sources is not None and sources.pipeline is pipeline else None
 
     def tasks(self) -> list[tuple[str, Coroutine[Any, Any, None]]]:
         cfg, tasks = self.cfg, []
+        if self.fed:
+            tasks.append(("traffic-feed", self.run_feed_clock()))
         if cfg.broker_log_file is not None:
             tasks.append(("traffic-broker-log", self.run_broker_log(cfg.broker_log_file)))
         if cfg.sys_topics:
@@ -298,6 +350,16 @@ class TrafficSources:
         record = feature_record(features)
         if record is not None:
             self._records.append(record)
+
+    async def feed(
+        self, hits: list[tuple[TrafficAlert, bytes | None]], windows: list[Record]
+    ) -> None:
+        """Alert hits and feature records of a capture running elsewhere (already checked by
+        sentinel.traffic.feed), delivered as this agent's own capture delivers its own."""
+        for alert, digest in hits:
+            self.bridge.touch(alert, "capture", digest)
+        self._records += windows
+        await self.deliver()
 
     async def deliver(self) -> None:
         """Alert transitions and feature records gathered so far, into the pipeline."""
@@ -401,6 +463,17 @@ class TrafficSources:
         finally:
             up.set(0)
 
+    # --- fed capture -----------------------------------------------------------------------
+
+    async def run_feed_clock(self) -> None:
+        """Resolves fed alerts once quiet, even when the capture feeding them has stopped."""
+        while True:
+            await asyncio.sleep(_FEED_CLOCK_S)
+            try:
+                await self.deliver()
+            except Exception:  # a bug must not stop the agent: log it, go on
+                log.exception("traffic_feed_delivery_failed")
+
     # --- capture ---------------------------------------------------------------------------
 
     async def run_capture(self, iface: str) -> None:
@@ -439,7 +512,11 @@ class TrafficSources:
 def traffic_tasks(
     config: Config, pipeline: Pipeline, metrics: Metrics
 ) -> list[tuple[str, Coroutine[Any, Any, None]]]:
-    """(task name, coroutine) for each enabled `[traffic]` source; none by default."""
-    if not config.traffic.enabled:
-        return []
-    return TrafficSources(config, pipeline, metrics).tasks()
+    """(task name, coroutine) for each enabled `[traffic]` source, and the HTTP feed's clock
+    when the agent serves one; none by default."""
+    sources = TrafficSources.fed_sources(pipeline, metrics)
+    if sources is None:
+        if not config.traffic.enabled:
+            return []
+        sources = TrafficSources(config, pipeline, metrics)
+    return sources.tasks()
