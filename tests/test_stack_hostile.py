@@ -96,9 +96,9 @@ def hostile(fleet: FleetTopics, i: int, now: float) -> tuple[str, bytes, str]:
             return known, b'{"ts": %d, "metrics": {"power_w": 1e999}}' % now, Reason.NON_FINITE
 
 
-def expected(fleet: FleetTopics, now: float) -> Counter[str]:
+def expected(fleet: FleetTopics, now: float, total: int = TOTAL) -> Counter[str]:
     fates: Counter[str] = Counter(hostile(fleet, i, now)[2] for i in range(FAMILIES))
-    cycles, rest = divmod(TOTAL, FAMILIES)
+    cycles, rest = divmod(total, FAMILIES)
     out: Counter[str] = Counter({k: v * cycles for k, v in fates.items()})
     out.update(hostile(fleet, i, now)[2] for i in range(rest))
     invented_admitted = CAP - KNOWN

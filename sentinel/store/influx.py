@@ -95,6 +95,7 @@ class InfluxWriter:
         self._metrics = metrics
         self._spool = spool
         self._lines: deque[str] = deque()
+        self._writing = asyncio.Lock()
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -195,6 +196,12 @@ class InfluxWriter:
 
     async def _write_next(self) -> bool:
         """Write the oldest batch (spooled lines first); False when InfluxDB is unavailable."""
+        # `run` and `flush` may both be writing: one batch at a time, or both would send, then
+        # pop, the same lines.
+        async with self._writing:
+            return await self._write_next_unlocked()
+
+    async def _write_next_unlocked(self) -> bool:
         from_spool = bool(self._spool)
         if self._spool:
             batch = self._spool.head(self._cfg.batch_size)
