@@ -9,7 +9,6 @@ is retried at the next tick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 
@@ -17,6 +16,7 @@ import aiohttp
 import structlog
 
 from sentinel.alerting.alerts import AlertBook, Notice
+from sentinel.asyncutil import wait_event
 from sentinel.config import AlertmanagerConfig
 from sentinel.metrics import Metrics
 
@@ -74,8 +74,7 @@ class AlertmanagerSink:
         next_resend = time.monotonic() + self._cfg.resend_interval_s
         while True:
             timeout = max(0.0, next_resend - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             batch = self._changes
             self._changes = {}

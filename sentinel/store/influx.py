@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from sentinel.asyncutil import wait_event
 from sentinel.backoff import Backoff
 from sentinel.config import InfluxConfig
 from sentinel.errors import StoreError
@@ -181,8 +181,7 @@ class InfluxWriter:
     async def run(self) -> None:
         backoff = Backoff(0.2, self._cfg.retry_max_s)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), self._cfg.flush_interval_s)
+            await wait_event(self._ready, self._cfg.flush_interval_s)
             self._ready.clear()
             while self._lines or self._spool:
                 if await self._write_next():

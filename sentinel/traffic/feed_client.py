@@ -12,7 +12,6 @@ Delivery is at least once: a batch whose answer was lost is sent again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from typing import Any
 import orjson
 import typer
 
+from sentinel.asyncutil import wait_event
 from sentinel.backoff import Backoff
 from sentinel.config import Config
 from sentinel.errors import SentinelError
@@ -186,8 +186,7 @@ class AgentFeed:
             if backing_off:  # an opened alert does not hurry a retry
                 await asyncio.sleep(self._backoff.next_delay())
             else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                await wait_event(self._wake, self._interval)
             self._wake.clear()
             backing_off = not await self.send_pending()
             if not backing_off:
