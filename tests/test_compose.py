@@ -434,3 +434,32 @@ def test_pipeline_dashboard_has_the_starter_panels() -> None:
         'SELECT mean("upload_kbps") FROM "video" WHERE $timeFilter '
         'GROUP BY time($__interval), "device_id"'
     ) in queries
+
+
+def scaleout_replicas() -> dict[str, dict[str, str]]:
+    """Each agent replica's environment in the scale-out override, merged over the base agent's."""
+    override = load_yaml(DEPLOY / "docker-compose.scaleout.yml")["services"]
+    base = services()["agent"]["environment"]
+    return {name: {**base, **svc["environment"]} for name, svc in override.items()}
+
+
+def test_scaleout_replicas_share_the_fleet_without_overlap() -> None:
+    from sentinel.config import Config  # noqa: PLC0415
+    from simulators.geography import METROPOLE  # noqa: PLC0415
+
+    replicas = scaleout_replicas()
+    assert len(replicas) == 2
+    tenants: list[str] = []
+    for env in replicas.values():
+        mqtt = Config(mqtt={"partition": json.loads(env["SENTINEL_MQTT__PARTITION"])}).mqtt
+        assert all("zone" not in entry for entry in mqtt.partition)  # whole tenants here
+        tenants += [entry["tenant"] for entry in mqtt.partition]
+    assert sorted(tenants) == sorted({c.slug for c in METROPOLE})  # each tenant exactly once
+    for key in ("SENTINEL_MQTT__CLIENT_ID", "SENTINEL_HTTP__LISTEN"):
+        values = [env.get(key) for env in replicas.values()]
+        assert len(set(values)) == len(values), key
+    override = load_yaml(DEPLOY / "docker-compose.scaleout.yml")
+    state = [
+        v for v in override["services"]["agent-1"]["volumes"] if v.endswith(":/var/lib/sentinel")
+    ]
+    assert state == ["agent-1-state:/var/lib/sentinel"]  # its own checkpoint, spool and state
