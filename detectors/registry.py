@@ -54,4 +54,11 @@ def create(name: str, params: DetectorParams) -> Detector:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
-    from detectors import seasonal, threshold  # noqa: F401, PLC0415
+    from detectors import (  # noqa: F401, PLC0415
+        cadence,
+        commands,
+        identity,
+        integrity,
+        seasonal,
+        threshold,
+    )

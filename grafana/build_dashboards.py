@@ -673,14 +673,15 @@ def device() -> Json:
             ),
             sized(
                 table(
-                    "Identity changes",
-                    "The identity the device's gateway reports (client id, source IP, firmware, "
-                    "configuration hash), one row per change.",
+                    "Identity",
+                    "The identity the device's gateway reports with its telemetry (client id, "
+                    "source IP, firmware, configuration hash), newest first; the identity "
+                    "detector's alerts mark each change.",
                     [
                         influx(
-                            'SELECT "client_id", "src_ip", "firmware", "config_hash" '
-                            'FROM "device_identity" WHERE $timeFilter AND '
-                            + TZK
+                            'SELECT "info.client_id", "info.src_ip", "info.firmware", '
+                            '"info.config_hash" FROM /^$kind$/ WHERE $timeFilter AND '
+                            + TZ
                             + " AND "
                             + DEVICE
                             + " ORDER BY time DESC LIMIT 200",

@@ -51,6 +51,7 @@ def build_decoder(config: Config) -> Decoder:
         config.validation,
         TopicPattern.parse(config.mqtt.telemetry_topic),
         TopicPattern.parse(config.mqtt.status_topic),
+        TopicPattern.parse(config.mqtt.command_topic) if config.mqtt.command_topic else None,
     )
 
 
@@ -78,9 +79,13 @@ class Agent:
             restored = checkpoint.load(self.engine, config.checkpoint.path)
             log.info("checkpoint_loaded", detectors=restored)
         self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
+        d = self.decoder
         self.reader = MqttReader(
             config.mqtt,
-            subscriptions([self.decoder.telemetry, self.decoder.status], config.mqtt.partition),
+            subscriptions(
+                [p for p in (d.telemetry, d.status, d.command) if p is not None],
+                config.mqtt.partition,
+            ),
             self.inbox,
             self.metrics,
         )

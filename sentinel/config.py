@@ -30,6 +30,7 @@ from detectors.model import KINDS
 from sentinel.alerting.suppressions import SuppressionError, check_matchers
 from sentinel.errors import ConfigError
 from sentinel.partition import check_slice
+from sentinel.topics import TopicPattern
 from sentinel.traffic.config import TrafficConfig
 from sentinel.traffic.inventory import InventoryError, load_inventory
 
@@ -59,6 +60,8 @@ class MqttConfig(_Section):
     ca_file: Path | None = None
     telemetry_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/telemetry"
     status_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/status"
+    # Commands sent to devices (decoded into CommandRecords, see docs/wire-format.md); "" = off.
+    command_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/command"
     qos: Literal[0, 1, 2] = 1
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # A persistent session: the broker queues QoS 1 messages while the agent is away.
@@ -80,6 +83,15 @@ class MqttConfig(_Section):
         parts = urlsplit(v)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return v
+
+    @field_validator("command_topic")
+    @classmethod
+    def _command_topic(cls, v: str) -> str:
+        if v:
+            pattern = TopicPattern.parse(v)  # a ValueError names what is wrong
+            if not {"kind", "device_id"} <= pattern.placeholders:
+                raise ValueError("must name the target with {kind} and {device_id}")
         return v
 
     @property

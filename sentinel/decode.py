@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from detectors.model import DeviceRef, Record, StatusRecord
+from detectors.model import CommandRecord, DeviceRef, Record, StatusRecord
 from sentinel.config import ValidationConfig
 from sentinel.topics import TopicPattern
 
@@ -42,6 +42,8 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     BAD_SEQ = "bad_seq"
     BAD_STATUS = "bad_status"
+    BAD_INFO = "bad_info"
+    BAD_COMMAND = "bad_command"
     DEVICE_CAP = "device_cap"
 
 
@@ -62,6 +64,15 @@ _ZONE = re.compile(r"[a-z0-9][a-z0-9_-]{0,47}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _METRIC = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _MAX_SEQ = 2**63 - 1
+# The `info` object (docs/wire-format.md): known keys only, short printable ASCII values. A
+# malformed value rejects the message rather than being dropped, so that a forger cannot blank
+# an identity field the identity detector compares.
+INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash"})
+MAX_INFO_ENTRIES = 8
+_INFO_VALUE = re.compile(r"[\x20-\x7e]{1,64}")
+# Command payloads: a name, optional sender, and a few numeric arguments.
+_COMMAND_RESERVED = frozenset({"cmd", "ts", "client_id", "device_id", "seq"})
+MAX_COMMAND_ARGS = 16
 
 
 def _loads(payload: bytes) -> Any:
@@ -101,16 +112,58 @@ def _timestamp(raw: Any) -> float:
     return ts
 
 
-class Decoder:
-    """Turns (topic, payload) into a Record / StatusRecord or a Rejection."""
+def _number(name: str, value: Any) -> float:
+    """A finite float from a JSON number or boolean (booleans are 0/1)."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if not isinstance(value, int | float):
+        raise _Reject(Reason.BAD_TYPE, f"{name} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        number = math.inf
+    if not math.isfinite(number):
+        raise _Reject(Reason.NON_FINITE, f"{name} is not finite")
+    return number
 
-    def __init__(self, rules: ValidationConfig, telemetry: TopicPattern, status: TopicPattern):
+
+def _info(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or len(raw) > MAX_INFO_ENTRIES:
+        raise _Reject(Reason.BAD_INFO, f"info must be an object of at most {MAX_INFO_ENTRIES}")
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in INFO_KEYS:
+            continue  # unknown keys are ignored, like unknown top-level keys
+        if not isinstance(value, str) or not _INFO_VALUE.fullmatch(value):
+            raise _Reject(Reason.BAD_INFO, f"info.{key} must be 1-64 printable ASCII characters")
+        out[key] = value
+    return out
+
+
+class Decoder:
+    """Turns (topic, payload) into a Record / StatusRecord / CommandRecord or a Rejection.
+
+    `command` is the command topic pattern; without it command topics are `bad_topic`.
+    """
+
+    def __init__(
+        self,
+        rules: ValidationConfig,
+        telemetry: TopicPattern,
+        status: TopicPattern,
+        command: TopicPattern | None = None,
+    ):
         self.rules = rules
         self.telemetry = telemetry
         self.status = status
+        self.command = command
         self._kinds = frozenset(rules.kinds)
 
-    def decode(self, topic: str, payload: bytes, now: float) -> Record | StatusRecord | Rejection:
+    def decode(
+        self, topic: str, payload: bytes, now: float
+    ) -> Record | StatusRecord | CommandRecord | Rejection:
         try:
             if len(payload) > self.rules.max_payload_bytes:
                 raise _Reject(Reason.OVERSIZED, f"{len(payload)} bytes")
@@ -120,6 +173,9 @@ class Decoder:
             levels = self.status.match(topic)
             if levels is not None:
                 return self._status(levels, payload, now)
+            levels = self.command.match(topic) if self.command is not None else None
+            if levels is not None:
+                return self._command(levels, payload, now)
             raise _Reject(Reason.BAD_TOPIC, "topic fits no configured pattern")
         except _Reject as r:
             return Rejection(r.reason, r.detail)
@@ -163,7 +219,8 @@ class Decoder:
             isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= _MAX_SEQ
         ):
             raise _Reject(Reason.BAD_SEQ, "seq must be an integer >= 0")
-        return Record(device, ts, self._metrics(body.get("metrics")), seq)
+        metrics = self._metrics(body.get("metrics"))
+        return Record(device, ts, metrics, seq, _info(body.get("info")))
 
     def _metrics(self, raw: Any) -> dict[str, float]:
         if not isinstance(raw, dict) or not raw:
@@ -174,19 +231,36 @@ class Decoder:
         for name, value in raw.items():
             if not _METRIC.fullmatch(name):
                 raise _Reject(Reason.BAD_METRIC_NAME, "metric name has forbidden characters")
-            if isinstance(value, bool):
-                out[name] = 1.0 if value else 0.0
-            elif isinstance(value, int | float):
-                try:
-                    number = float(value)
-                except OverflowError:  # an integer with hundreds of digits
-                    number = math.inf
-                if not math.isfinite(number):
-                    raise _Reject(Reason.NON_FINITE, f"metric {name} is not finite")
-                out[name] = number
-            else:
-                raise _Reject(Reason.BAD_TYPE, f"metric {name} is not a number")
+            out[name] = _number(f"metric {name}", value)
         return out
+
+    def _command(self, levels: dict[str, str], payload: bytes, now: float) -> CommandRecord:
+        body = _loads(payload)
+        if not isinstance(body, dict):
+            raise _Reject(Reason.NOT_OBJECT, "payload is not a JSON object")
+        device = self._device(levels, body)
+        name = body.get("cmd")
+        if not isinstance(name, str) or not _METRIC.fullmatch(name):
+            raise _Reject(Reason.BAD_COMMAND, "cmd must be a name like set_dim")
+        sender = body.get("client_id")
+        if sender is not None and (
+            not isinstance(sender, str) or not _INFO_VALUE.fullmatch(sender)
+        ):
+            raise _Reject(Reason.BAD_COMMAND, "client_id must be 1-64 printable ASCII characters")
+        ts = now
+        if "ts" in body:
+            ts = _timestamp(body["ts"])
+            self._check_time(ts, now)
+        args: dict[str, float] = {}
+        for key, value in body.items():
+            if key in _COMMAND_RESERVED or not isinstance(value, bool | int | float):
+                continue  # text and nested values are not arguments a detector compares
+            if not _METRIC.fullmatch(key):
+                raise _Reject(Reason.BAD_COMMAND, "argument name has forbidden characters")
+            if len(args) == MAX_COMMAND_ARGS:
+                raise _Reject(Reason.BAD_COMMAND, f"more than {MAX_COMMAND_ARGS} arguments")
+            args[key] = _number(f"argument {key}", value)
+        return CommandRecord(device, ts, name, args, sender)
 
     def _status(self, levels: dict[str, str], payload: bytes, now: float) -> StatusRecord:
         text = payload.strip()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from detectors import registry
 from detectors.base import Detector, ScoringDetector, Verdict
-from detectors.model import DeviceRef, Record, Transition
+from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
 
@@ -83,18 +83,28 @@ class Engine:
         self._scores += _worst_per_device(inst.source.name, verdicts)
         return [v.transition() for v in verdicts if v.change is not None]
 
-    def process(self, records: Sequence[Record]) -> list[tuple[AlertSource, list[Transition]]]:
+    def process(
+        self, records: Sequence[Record], commands: Sequence[CommandRecord] = ()
+    ) -> list[tuple[AlertSource, list[Transition]]]:
         by_kind: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             by_kind[record.device.kind].append(record)
         results = []
         for inst in self.instances:
-            # Arrival order is kept per device, which is all a per-device detector needs.
-            selected = [r for kind in inst.kinds for r in by_kind.get(kind, ())]
-            if selected:
-                transitions = self._run(inst, selected)
-                if transitions:
-                    results.append((inst.source, transitions))
+            # Arrival order is kept across kinds too: detectors that read the stream's time
+            # (the latest ts seen) would otherwise see a later kind's records as late.
+            if len(inst.kinds) == 1:
+                selected = by_kind.get(next(iter(inst.kinds)), [])
+            elif inst.kinds >= by_kind.keys():
+                selected = list(records)
+            else:
+                selected = [r for r in records if r.device.kind in inst.kinds]
+            transitions = self._run(inst, selected) if selected else []
+            if commands and isinstance(inst.detector, CommandConsumer):
+                mine = [c for c in commands if c.device.kind in inst.kinds]
+                transitions += inst.detector.update_commands(mine) if mine else []
+            if transitions:
+                results.append((inst.source, transitions))
         return results
 
     def forget(self, device_ids: set[str]) -> None:

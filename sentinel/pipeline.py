@@ -12,7 +12,7 @@ from typing import Protocol
 
 import structlog
 
-from detectors.model import Record, StatusRecord, Transition
+from detectors.model import CommandRecord, Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
 from sentinel.alerting.alerts import Alert, AlertBook, AlertSource, Notice
@@ -62,6 +62,7 @@ class Pipeline:
         started = time.perf_counter()
         records: list[Record] = []
         statuses: list[StatusRecord] = []
+        commands: list[CommandRecord] = []
         rejected: Counter[str] = Counter()
         for topic, payload in batch:
             out = self.decoder.decode(topic, payload, now)
@@ -80,10 +81,13 @@ class Pipeline:
                 )
             elif isinstance(out, Record):
                 records.append(out)
+            elif isinstance(out, CommandRecord):
+                commands.append(out)
             else:
                 statuses.append(out)
         self._count(records, statuses, rejected, len(batch))
-        changed = await self.ingest(records, statuses, now)
+        self.accepted += len(commands)
+        changed = await self.ingest(records, statuses, now, commands)
         flood = self.admission.transitions(now)
         if flood:
             changed += await self.raise_alerts(admission.SOURCE, flood)
@@ -95,15 +99,16 @@ class Pipeline:
         records: Sequence[Record],
         statuses: Sequence[StatusRecord] = (),
         now: float | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[Alert]:
         """Store and score records that are already valid: decoded telemetry, or features
         derived from traffic (sentinel.traffic) that enter the engine like any telemetry."""
         # Store before scoring: a detector failure must not cost the data.
-        lines = lines_for([*records, *statuses])
+        lines = lines_for([*records, *statuses, *commands])
         if lines:
             await self.store.put(lines)
         changed: list[Alert] = []
-        for source, transitions in self.engine.process(records):
+        for source, transitions in self.engine.process(records, commands):
             changed += self.book.apply(source, transitions)
         await self._store_scores(self.engine.take_scores())
         await self.publish(changed, now)

@@ -35,6 +35,10 @@ class TopicPattern:
         return cls(template, levels, tuple(slots))
 
     @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(name for _, name in self.slots)
+
+    @property
     def subscription(self) -> str:
         filled = list(self.levels)
         for i, _ in self.slots:

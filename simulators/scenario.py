@@ -514,7 +514,8 @@ def _compile_effect(
         )
     elif isinstance(spec, CommandsEffect):
         at = s + parse_duration(spec.spread) * i / max(len(devices), 1)
-        payload = orjson.dumps({**spec.payload, "ts": round(at, 3)})
+        # The console names itself in the payload (MQTT does not tell subscribers who published).
+        payload = orjson.dumps({**spec.payload, "ts": round(at, 3), "client_id": spec.client_id})
         b.scheduled.append(
             Message(
                 at,

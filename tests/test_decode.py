@@ -2,16 +2,23 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
+import aiohttp
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from detectors.model import Record, StatusRecord
-from sentinel.config import ValidationConfig
+from detectors.model import CommandRecord, DeviceRef, Record, StatusRecord
+from sentinel.config import MqttConfig, ValidationConfig
 from sentinel.decode import Decoder, Reason, Rejection
+from sentinel.store.influx import basic_auth_header
+from sentinel.store.lineprotocol import lines_for, record_line
 from sentinel.topics import TopicPattern
+from tests.conftest import Stack, influxql, rows
+from tests.stack_env import secret
 
 NOW = 1_790_000_000.0
 TOPIC = "fleet/lyon/part-dieu/video/lyon-cam-00001/telemetry"
@@ -144,3 +151,168 @@ def test_any_valid_payload_is_accepted_unchanged(metrics: dict[str, float], dt: 
     out = DECODER.decode(TOPIC, body(ts=NOW + dt, metrics=metrics), NOW)
     assert isinstance(out, Record)
     assert out.metrics == {k: float(v) for k, v in metrics.items()}
+
+
+# --- the `info` object, command topics, and their line protocol --------------------------
+
+COMMANDS = Decoder(
+    ValidationConfig(),
+    TopicPattern.parse("fleet/{tenant}/{zone}/{kind}/{device_id}/telemetry"),
+    TopicPattern.parse("fleet/{tenant}/{zone}/{kind}/{device_id}/status"),
+    TopicPattern.parse("fleet/{tenant}/{zone}/{kind}/{device_id}/command"),
+)
+COMMAND_TOPIC = "fleet/lyon/confluence/lighting/lyon-lum-00003/command"
+
+
+def test_info_keeps_the_known_keys_only(decoder: Decoder) -> None:
+    info = {"client_id": "lyon-cam-00001", "src_ip": "10.3.0.42", "firmware": "5.7.3"}
+    out = decoder.decode(
+        TOPIC, body(info={**info, "config_hash": "8c1f02ab", "colour": "red"}), NOW
+    )
+    assert isinstance(out, Record)
+    assert out.info == {**info, "config_hash": "8c1f02ab"}
+    plain = decoder.decode(TOPIC, body(), NOW)
+    assert isinstance(plain, Record)
+    assert plain.info == {}
+
+
+@pytest.mark.parametrize(
+    "info",
+    [
+        "lyon-cam-00001",
+        ["client_id"],
+        {f"k{i}": "v" for i in range(9)},
+        {"client_id": ""},
+        {"client_id": "x" * 65},
+        {"firmware": 5.7},
+        {"src_ip": "10.0.0.1\n"},
+        {"config_hash": "caf\u00e9"},
+    ],
+)
+def test_malformed_info_rejects_the_message(decoder: Decoder, info: object) -> None:
+    out = decoder.decode(TOPIC, body(info=info), NOW)
+    assert isinstance(out, Rejection)
+    assert out.reason == Reason.BAD_INFO
+
+
+def test_a_command_becomes_a_command_record() -> None:
+    payload = orjson.dumps(
+        {
+            "cmd": "set_dim",
+            "dim_pct": 0,
+            "ramp": True,
+            "note": "text",
+            "ts": NOW - 5,
+            "client_id": "mobile-7f3a",
+        }
+    )
+    out = COMMANDS.decode(COMMAND_TOPIC, payload, NOW)
+    assert isinstance(out, CommandRecord)
+    assert out.device == ("lyon", "confluence", "lighting", "lyon-lum-00003")
+    assert (out.command, out.args, out.sender, out.ts) == (
+        "set_dim",
+        {"dim_pct": 0.0, "ramp": 1.0},
+        "mobile-7f3a",
+        NOW - 5,
+    )
+    bare = COMMANDS.decode(COMMAND_TOPIC, b'{"cmd": "reboot"}', NOW)
+    assert isinstance(bare, CommandRecord)
+    assert (bare.ts, bare.sender, bare.args) == (NOW, None, {})
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"dim_pct": 0}', Reason.BAD_COMMAND),
+        (b'{"cmd": "Set Dim"}', Reason.BAD_COMMAND),
+        (b'{"cmd": "x", "client_id": 7}', Reason.BAD_COMMAND),
+        (b'{"cmd": "x", "Bad-Arg": 1}', Reason.BAD_COMMAND),
+        (orjson.dumps({"cmd": "x", **{f"a{i}": i for i in range(17)}}), Reason.BAD_COMMAND),
+        (b'{"cmd": "x", "a": 1e999}', Reason.NON_FINITE),
+        (orjson.dumps({"cmd": "x", "ts": NOW + 3600}), Reason.TS_FUTURE),
+        (b'["set_dim"]', Reason.NOT_OBJECT),
+    ],
+)
+def test_bad_commands_are_rejected(payload: bytes, reason: Reason) -> None:
+    out = COMMANDS.decode(COMMAND_TOPIC, payload, NOW)
+    assert isinstance(out, Rejection)
+    assert out.reason == reason
+
+
+def test_without_a_command_pattern_command_topics_are_bad_topics(decoder: Decoder) -> None:
+    out = decoder.decode(COMMAND_TOPIC, b'{"cmd": "reboot"}', NOW)
+    assert isinstance(out, Rejection)
+    assert out.reason == Reason.BAD_TOPIC
+
+
+def test_the_command_topic_setting_is_checked() -> None:
+    assert MqttConfig(command_topic="").command_topic == ""
+    with pytest.raises(ValidationError, match="device_id"):
+        MqttConfig(command_topic="fleet/{tenant}/{zone}/{kind}/command")
+    with pytest.raises(ValidationError, match="topic"):
+        MqttConfig(command_topic="fleet/#")
+
+
+def test_line_protocol_keeps_info_and_commands_as_escaped_fields() -> None:
+    device = DeviceRef("lyon", "gerland", "video", "cam-1")
+    line = record_line(
+        Record(device, NOW, {"fps": 25.0}, 7, {"client_id": 'a"b', "firmware": "5.7"})
+    )
+    assert line == (
+        'video,tenant=lyon,zone=gerland,device_id=cam-1 fps=25.0,seq=7i,info.client_id="a\\"b",'
+        f'info.firmware="5.7" {round(NOW * 1000)}'
+    )
+    command = CommandRecord(device, NOW, "set_dim", {"dim_pct": 0.0}, "mobile-7f3a")
+    assert lines_for([command]) == [
+        'commands,tenant=lyon,zone=gerland,kind=video,device_id=cam-1 command="set_dim",'
+        f'sender="mobile-7f3a",args.dim_pct=0.0 {round(NOW * 1000)}'
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_command_decoding_never_raises(payload: bytes) -> None:
+    out = COMMANDS.decode(COMMAND_TOPIC, payload, NOW)
+    if isinstance(out, CommandRecord):
+        assert len(out.args) <= 16
+        assert all(math.isfinite(v) for v in out.args.values())
+    else:
+        assert isinstance(out, Rejection)
+
+
+@pytest.mark.stack
+async def test_info_and_command_fields_round_trip_through_influxdb(
+    stack: Stack, influx_db: str
+) -> None:
+    """The real InfluxDB takes the dotted string fields and gives them back by name."""
+    device = DeviceRef("lyon", "gerland", "video", f"cam-{uuid.uuid4().hex[:8]}")
+    info = {"client_id": device.device_id, "firmware": '5.7.3 "p1"', "src_ip": "10.3.0.42"}
+    lines = lines_for(
+        [
+            Record(device, NOW, {"fps": 25.0}, 1, info),
+            CommandRecord(device, NOW + 1, "set_dim", {"dim_pct": 0.0}, "mobile-7f3a"),
+        ]
+    )
+    auth = basic_auth_header(stack.env["STACK_INFLUX_ADMIN_USER"], secret("influx-admin"))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{stack.influx_url}/write",
+            params={"db": influx_db, "precision": "ms"},
+            data="\n".join(lines).encode(),
+            headers=auth,
+        ) as resp,
+    ):
+        assert resp.status == 204, await resp.text()
+    video = rows(
+        await influxql(stack, 'SELECT "info.firmware", "info.src_ip", fps FROM video', influx_db)
+    )
+    assert [(r["info.firmware"], r["info.src_ip"], r["fps"]) for r in video] == [
+        ('5.7.3 "p1"', "10.3.0.42", 25.0)
+    ]
+    sent = rows(
+        await influxql(stack, 'SELECT command, sender, "args.dim_pct" FROM commands', influx_db)
+    )
+    assert [(r["command"], r["sender"], r["args.dim_pct"]) for r in sent] == [
+        ("set_dim", "mobile-7f3a", 0.0)
+    ]

@@ -151,7 +151,7 @@ def test_eval_command_json_and_html(tmp_path: Path) -> None:
             "--scenario",
             "camera-upload-surge",
             "--scenario",
-            "command-abuse",  # its command messages are rejects (bad_topic) for the agent
+            "command-abuse",  # commands to a whole district: decoded, and the commands detector
             "--devices",
             "30",
             "--days",
@@ -167,7 +167,8 @@ def test_eval_command_json_and_html(tmp_path: Path) -> None:
     doc = json.loads(result.stdout[result.stdout.index("{") :])
     assert doc["score"]["attacks"]["camera_upload_surge"]["recall"] == 1.0
     assert doc["runs"][0]["truth"][0]["kind"] == "camera_upload_surge"
-    assert doc["runs"][1]["rejected"]["bad_topic"] == len(doc["runs"][1]["truth"][0]["devices"])
+    assert doc["score"]["attacks"]["command_abuse"]["recall"] == 1.0
+    assert "bad_topic" not in doc["runs"][1]["rejected"]
     text = html.read_text()
     assert "<svg" in text
     assert "camera_upload_surge" in text

@@ -1,0 +1,222 @@
+"""Identity: who a device says it is (client id, source address) and what it runs.
+
+Reads the telemetry's `info` object (docs/wire-format.md), per device:
+
+- **identity fields** (`identity_fields`, default `client_id`, `src_ip`): the first value seen
+  is learned; after `learn_reports` reports, any other value raises at once (a second
+  publisher on the topic, a cloned client id from a new address). `clear_after` reports with
+  the learned value in a row clear. A new value that alone has been reported for
+  `adopt_after_s` is adopted as the device's new identity (raised once, then accepted).
+- **change fields** (`change_fields`, default `firmware`, `config_hash`): a change is held for
+  `campaign_window_s`, then it raises, unless it is part of a **campaign**: at least
+  `campaign_min_devices` devices of the same kind (and tenant or zone, `campaign_scope`)
+  moved to the same new value within `campaign_window_s`. A roll-out moves many devices to one
+  version; a tampered device moves alone (or with one accomplice). Either way the new value
+  becomes the learned one; a raised change clears `hold_s` later (it is an event, not a
+  state). Declared maintenance windows are the alert book's suppressions, matched by
+  detector name and zone: this detector does not know about them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from pydantic import Field
+
+from detectors.base import Detector, DetectorParams
+from detectors.model import DeviceRef, EvidenceValue, Record, Transition
+from detectors.registry import register
+from detectors.streams import StreamClock, forget_devices
+
+InfoField = Literal["client_id", "src_ip", "firmware", "config_hash"]
+CampaignKey = tuple[str, str, str, str]  # (scope, kind, field, new value)
+
+
+class IdentityParams(DetectorParams):
+    identity_fields: tuple[InfoField, ...] = ("client_id", "src_ip")
+    change_fields: tuple[InfoField, ...] = ("firmware", "config_hash")
+    learn_reports: int = Field(default=3, ge=1, le=10_000)
+    clear_after: int = Field(default=10, ge=1, le=100_000)
+    adopt_after_s: float = Field(default=6 * 3600.0, gt=0)
+    campaign_min_devices: int = Field(default=3, ge=2, le=100_000)
+    campaign_window_s: float = Field(default=1800.0, gt=0, le=7 * 86_400.0)
+    campaign_scope: Literal["tenant", "zone", "fleet"] = "tenant"
+    # Campaign values remembered (late devices of a known roll-out stay quiet); oldest dropped.
+    max_campaigns: int = Field(default=256, ge=1, le=100_000)
+    hold_s: float = Field(default=3600.0, gt=0)
+
+
+class _Device:
+    __slots__ = ("clean", "firing", "firing_since", "learned", "novel_since", "pending", "reports")
+
+    def __init__(self) -> None:
+        self.learned: dict[str, str] = {}
+        self.pending: dict[str, str] = {}  # change field → new value awaiting its verdict
+        self.reports = 0
+        self.firing = ""  # "", "identity" or "change"
+        self.firing_since = 0.0
+        self.novel_since = 0.0  # since when only the new identity has been reported
+        self.clean = 0
+
+
+@register("identity")
+class Identity(Detector):
+    params_model = IdentityParams
+    params: IdentityParams
+
+    def __init__(self, params: DetectorParams) -> None:
+        if not isinstance(params, IdentityParams):
+            raise TypeError("Identity needs IdentityParams")
+        super().__init__(params)
+        self.devices_: dict[DeviceRef, _Device] = {}
+        self.clock_ = StreamClock()
+        # Changes awaiting their campaign verdict, in deadline order: (deadline, device, field).
+        self.pending_: deque[tuple[float, DeviceRef, str]] = deque()
+        # Per campaign key, the times (stream) at which devices moved to it, within the window.
+        self.moves_: dict[CampaignKey, deque[float]] = {}
+        # Campaign keys confirmed (insertion order = age), with when they were confirmed.
+        self.campaigns_: dict[CampaignKey, float] = {}
+
+    def update(self, records: Sequence[Record]) -> list[Transition]:
+        changes: list[Transition] = []
+        clock, pending = self.clock_, self.pending_
+        for record in records:
+            now = clock.see(record.ts)
+            if record.info:
+                change = self._report(record, now)
+                if change is not None:
+                    changes.append(change)
+            if pending and pending[0][0] <= now:
+                changes += self._verdicts(now)
+        return changes
+
+    def _report(self, record: Record, now: float) -> Transition | None:
+        p = self.params
+        state = self.devices_.get(record.device)
+        if state is None:
+            state = self.devices_[record.device] = _Device()
+        state.reports += 1
+        info = record.info
+        mismatch: tuple[str, str, str] | None = None
+        for name in p.identity_fields:
+            value = info.get(name)
+            if value is None:
+                continue
+            learned = state.learned.setdefault(name, value)
+            if value != learned and mismatch is None:
+                mismatch = (name, learned, value)
+        for name in p.change_fields:
+            value = info.get(name)
+            if value is not None:
+                self._change(record.device, state, name, value, now)
+        if state.firing == "change" and now - state.firing_since >= p.hold_s:
+            return self._clear(record, state, now, "change acknowledged after hold_s")
+        if mismatch is not None and state.reports > p.learn_reports:
+            return self._mismatch(record, state, mismatch, now)
+        if state.firing == "identity":
+            state.clean += 1
+            state.novel_since = now
+            if state.clean >= p.clear_after:
+                return self._clear(record, state, now, "reports carry the learned identity again")
+        return None
+
+    def _mismatch(
+        self, record: Record, state: _Device, what: tuple[str, str, str], now: float
+    ) -> Transition | None:
+        name, learned, value = what
+        state.clean = 0
+        if state.firing == "identity":
+            if now - state.novel_since < self.params.adopt_after_s:
+                return None
+            for field in self.params.identity_fields:
+                if field in record.info:
+                    state.learned[field] = record.info[field]
+            return self._clear(record, state, now, f"new {name} {value} adopted")
+        if state.firing:
+            return None
+        state.firing, state.firing_since, state.novel_since = "identity", now, now
+        evidence: dict[str, EvidenceValue] = {"field": name, "old": learned, "new": value}
+        evidence["learned_from_reports"] = state.reports - 1
+        summary = f"{record.device.device_id} reports {name} {value}, learned {learned}"
+        return Transition(record.device, True, now, summary, evidence)
+
+    def _change(self, device: DeviceRef, state: _Device, name: str, value: str, now: float) -> None:
+        learned = state.learned.setdefault(name, value)
+        if value == learned or state.pending.get(name) == value:
+            return
+        if name not in state.pending:
+            self.pending_.append((now + self.params.campaign_window_s, device, name))
+        state.pending[name] = value
+        self._moved(self._key(device, name, value), now)
+
+    def _key(self, device: DeviceRef, name: str, value: str) -> CampaignKey:
+        scope = self.params.campaign_scope
+        where = "" if scope == "fleet" else device.tenant
+        if scope == "zone":
+            where += "/" + device.zone
+        return (where, device.kind, name, value)
+
+    def _moved(self, key: CampaignKey, now: float) -> None:
+        p = self.params
+        moves = self.moves_.setdefault(key, deque())
+        moves.append(now)
+        while moves and moves[0] < now - p.campaign_window_s:
+            moves.popleft()
+        if len(moves) >= p.campaign_min_devices and key not in self.campaigns_:
+            self.campaigns_[key] = now
+            while len(self.campaigns_) > p.max_campaigns:
+                del self.campaigns_[next(iter(self.campaigns_))]
+
+    def _verdicts(self, now: float) -> list[Transition]:
+        """Decide the held changes whose window closed: a campaign, or one device alone."""
+        changes: list[Transition] = []
+        while self.pending_ and self.pending_[0][0] <= now:
+            _, device, name = self.pending_.popleft()
+            state = self.devices_.get(device)
+            if state is None or name not in state.pending:
+                continue  # forgotten, or decided with another field of the same device
+            alone: dict[str, tuple[str, str]] = {}
+            for field, value in sorted(state.pending.items()):
+                if self._key(device, field, value) not in self.campaigns_:
+                    alone[field] = (state.learned[field], value)
+                state.learned[field] = value
+            state.pending.clear()
+            if alone and not state.firing:
+                changes.append(self._raise_change(device, state, alone, now))
+        self._prune(now)
+        return changes
+
+    def _raise_change(
+        self, device: DeviceRef, state: _Device, alone: Mapping[str, tuple[str, str]], now: float
+    ) -> Transition:
+        p = self.params
+        state.firing, state.firing_since = "change", now
+        evidence: dict[str, EvidenceValue] = {}
+        for field, (old, new) in alone.items():
+            evidence[f"{field}_old"], evidence[f"{field}_new"] = old, new
+        evidence["campaign_rule"] = (
+            f">= {p.campaign_min_devices} devices of one {p.campaign_scope} and kind"
+            f" within {p.campaign_window_s:g} s"
+        )
+        what = ", ".join(f"{f} {old} -> {new}" for f, (old, new) in alone.items())
+        summary = f"{device.device_id} changed {what}, alone (no roll-out campaign)"
+        return Transition(device, True, now, summary, evidence)
+
+    def _clear(self, record: Record, state: _Device, now: float, reason: str) -> Transition:
+        state.firing, state.clean = "", 0
+        summary = f"{record.device.device_id}: {reason}"
+        return Transition(record.device, False, now, summary, {"reason": reason})
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.params.campaign_window_s
+        for key in [k for k, moves in self.moves_.items() if not moves or moves[-1] < horizon]:
+            del self.moves_[key]
+
+    def tracked_devices(self) -> int:
+        return len(self.devices_)
+
+    def forget(self, device_ids: set[str]) -> None:
+        forget_devices(self.devices_, device_ids)
+        self.pending_ = deque(e for e in self.pending_ if e[1].device_id not in device_ids)
