@@ -59,6 +59,7 @@ def _load_builtin() -> None:
         commands,
         identity,
         integrity,
+        learned,
         seasonal,
         threshold,
     )

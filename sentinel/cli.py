@@ -12,6 +12,7 @@ from sentinel import operator_cli
 from sentinel.backtest_cli import backtest as backtest_command
 from sentinel.config import Config, load_config
 from sentinel.errors import ConfigError
+from sentinel.learning.cli import train as train_command
 from sentinel.traffic.cli import InventoryOption, JsonLinesOption, TrafficConfigOption
 from sentinel.traffic.cli import app as pcap_app
 
@@ -24,6 +25,7 @@ app.add_typer(pcap_app, name="pcap", help="Analyse MQTT and network traffic in c
 app.add_typer(bench_app, name="bench", help="Benchmarks: NAB (Numenta Anomaly Benchmark).")
 operator_cli.register(app)
 app.command("backtest")(backtest_command)
+app.command("train")(train_command)
 
 ConfigOption = Annotated[
     Path,

@@ -21,8 +21,10 @@ import pytest
 from detectors import registry
 from detectors.base import Detector, ScoringDetector
 from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
+from tests.test_learned_example import example_model_dir
 
 EXAMPLES: dict[str, dict[str, Any]] = {
+    "learned": {"metrics": ["upload_kbps", "fps"], "model_dir": example_model_dir()},
     "threshold": {"metric": "upload_kbps", "op": ">", "value": 400.0, "raise_after": 2},
     "seasonal": {"metrics": ["upload_kbps", "fps"], "absolute_floor": {"upload_kbps": 5.0}},
     "cadence": {},

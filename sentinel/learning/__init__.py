@@ -1,0 +1,1 @@
+"""Training the learned detector's models (`sentinel train`, docs/learning.md)."""
