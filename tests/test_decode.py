@@ -316,3 +316,13 @@ async def test_info_and_command_fields_round_trip_through_influxdb(
     assert [(r["command"], r["sender"], r["args.dim_pct"]) for r in sent] == [
         ("set_dim", "mobile-7f3a", 0.0)
     ]
+
+
+def test_garbage_never_buys_the_slow_parser() -> None:
+    """Payloads orjson refuses reach the stdlib parser only when they may hold a non-finite
+    number and are not deeply nested; big integers keep their stdlib reading."""
+    deep_nan = b'{"metrics": {"a": ' + b"[" * 900 + b"NaN" + b"]" * 900 + b"}}"
+    assert DECODER.decode(TOPIC, deep_nan, NOW) == Rejection(Reason.NOT_JSON, "payload is not JSON")
+    big = DECODER.decode(TOPIC, b'{"ts": %d, "metrics": {"a": %s}}' % (NOW, b"1" * 25), NOW)
+    assert isinstance(big, Record)
+    assert big.metrics["a"] == float("1" * 25)
