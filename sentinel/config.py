@@ -11,7 +11,7 @@ import ssl
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -201,10 +201,17 @@ class DeadLetterConfig(_Section):
     max_file_bytes: int = Field(default=10_000_000, ge=0)
 
 
+_SLUG = r"^[a-z0-9][a-z0-9_-]{0,47}$"  # a tenant or zone topic level (sentinel.decode)
+
+
 class DetectorConfig(_Section):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
     type: str
     kinds: tuple[str, ...] = KINDS
+    # A device group within those kinds (empty: every tenant, every zone). Several entries of one
+    # type with other groups and parameters tune a detector per commune or district.
+    tenants: tuple[Annotated[str, Field(pattern=_SLUG)], ...] = ()
+    zones: tuple[Annotated[str, Field(pattern=_SLUG)], ...] = ()
     severity: Literal["info", "warning", "critical"] = "warning"
     summary: str = ""
     enabled: bool = True

@@ -18,6 +18,14 @@ class DetectorInstance:
     source: AlertSource
     kinds: frozenset[str]
     detector: Detector
+    # The device group it watches within its kinds: tenants and zones (empty: all).
+    tenants: frozenset[str] = frozenset()
+    zones: frozenset[str] = frozenset()
+
+    def in_group(self, device: DeviceRef) -> bool:
+        return (not self.tenants or device.tenant in self.tenants) and (
+            not self.zones or device.zone in self.zones
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +69,15 @@ def build_instances(configs: Sequence[DetectorConfig]) -> list[DetectorInstance]
             group=cfg.group,
         )
         detector = registry.create(cfg.type, cfg.parsed_params())
-        instances.append(DetectorInstance(source, frozenset(cfg.kinds), detector))
+        instances.append(
+            DetectorInstance(
+                source,
+                frozenset(cfg.kinds),
+                detector,
+                frozenset(cfg.tenants),
+                frozenset(cfg.zones),
+            )
+        )
     return instances
 
 
@@ -99,9 +115,13 @@ class Engine:
                 selected = list(records)
             else:
                 selected = [r for r in records if r.device.kind in inst.kinds]
+            if inst.tenants or inst.zones:
+                selected = [r for r in selected if inst.in_group(r.device)]
             transitions = self._run(inst, selected) if selected else []
             if commands and isinstance(inst.detector, CommandConsumer):
-                mine = [c for c in commands if c.device.kind in inst.kinds]
+                mine = [
+                    c for c in commands if c.device.kind in inst.kinds and inst.in_group(c.device)
+                ]
                 transitions += inst.detector.update_commands(mine) if mine else []
             if transitions:
                 results.append((inst.source, transitions))

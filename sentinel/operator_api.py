@@ -219,6 +219,8 @@ def _describe(inst: DetectorInstance, with_state: bool) -> dict[str, Any]:
         "mitre": s.mitre,
         "group": s.incident_group,
         "kinds": sorted(inst.kinds),
+        "tenants": sorted(inst.tenants),
+        "zones": sorted(inst.zones),
         "params": inst.detector.params.model_dump(mode="json"),
         "tracked_devices": inst.detector.tracked_devices(),
     }

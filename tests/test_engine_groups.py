@@ -1,0 +1,41 @@
+"""Per device group tuning: one detector type, configured per zone."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from detectors.model import DeviceRef, Record
+from sentinel.config import Config
+from sentinel.engine import Engine, build_instances
+
+
+def rule(name: str, value: float, **group: list[str]) -> dict[str, object]:
+    return {
+        "name": name,
+        "type": "threshold",
+        "kinds": ["video"],
+        **group,
+        "params": {"metric": "upload_kbps", "op": ">", "value": value, "raise_after": 1},
+    }
+
+
+def test_each_group_gets_its_own_parameters() -> None:
+    cfg = Config(
+        detectors=[
+            rule("upload-stadium", 40_000, zones=["gerland"]),  # big uploads on match nights
+            rule("upload-elsewhere", 15_000, tenants=["lyon"], zones=["vaise", "presquile"]),
+        ]
+    )
+    engine = Engine(build_instances(cfg.detectors))
+    records = [
+        Record(DeviceRef("lyon", zone, "video", f"cam-{zone}"), 1.0, {"upload_kbps": 20_000})
+        for zone in ("gerland", "vaise", "presquile", "croix-rousse")
+    ]
+    fired = {(source.name, t.device.zone) for source, ts in engine.process(records) for t in ts}
+    assert fired == {("upload-elsewhere", "vaise"), ("upload-elsewhere", "presquile")}
+
+
+def test_a_group_must_be_made_of_topic_slugs() -> None:
+    with pytest.raises(ValidationError, match="zones"):
+        Config(detectors=[rule("r", 1, zones=["Part Dieu"])])
