@@ -8,7 +8,6 @@ current type or parameters starts fresh, with a warning.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import orjson
 import structlog
 
 from detectors.state import StateError
+from sentinel.atomicfile import write_atomically
 from sentinel.engine import Engine
 
 log = structlog.get_logger(__name__)
@@ -36,13 +36,7 @@ def save(engine: Engine, path: Path) -> int:
         },
     }
     data = orjson.dumps(doc)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    write_atomically(path, data)
     return len(data)
 
 

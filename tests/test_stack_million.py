@@ -10,9 +10,11 @@ store → detectors → alerts, batch by batch as the agent feeds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -43,6 +45,27 @@ RULE = {
 }
 
 
+@contextlib.asynccontextmanager
+async def pipeline_to_influxdb(cfg: Config, metrics: Metrics) -> AsyncIterator[Pipeline]:
+    """The agent's pipeline with its real InfluxDB writer; everything written on exit."""
+    async with aiohttp.ClientSession() as session:
+        writer = InfluxWriter(InfluxHttp(session, cfg.influxdb), cfg.influxdb, metrics)
+        writing = asyncio.create_task(writer.run())
+        yield Pipeline(
+            decoder=build_decoder(cfg),
+            store=writer,
+            engine=Engine(build_instances(cfg.detectors)),
+            book=build_book(cfg, metrics),
+            notifiers=[],
+            metrics=metrics,
+            deadletters=DeadLetters(DEADLETTERS),
+            max_devices=CAP,
+        )
+        left = await writer.flush()
+        writing.cancel()
+    assert left == 0, f"{left} lines not written"
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -63,27 +86,12 @@ async def test_a_million_hostile_payloads_through_the_pipeline(
     )
     metrics = Metrics()
     peak_before = rss_mib()
-    async with aiohttp.ClientSession() as session:
-        writer = InfluxWriter(InfluxHttp(session, cfg.influxdb), cfg.influxdb, metrics)
-        writing = asyncio.create_task(writer.run())
-        pipeline = Pipeline(
-            decoder=build_decoder(cfg),
-            store=writer,
-            engine=Engine(build_instances(cfg.detectors)),
-            book=build_book(cfg, metrics),
-            notifiers=[],
-            metrics=metrics,
-            deadletters=DeadLetters(DEADLETTERS),
-            max_devices=CAP,
-        )
+    async with pipeline_to_influxdb(cfg, metrics) as pipeline:
         started = time.monotonic()
         for start in range(0, TOTAL, BATCH):
             batch = [hostile(fleet, i, now)[:2] for i in range(start, start + BATCH)]
             await pipeline.process(batch, time.time())
-        left = await writer.flush()
         elapsed = time.monotonic() - started
-        writing.cancel()
-    assert left == 0
     stored = await poll_rows(
         stack,
         influx_db,
@@ -130,19 +138,7 @@ async def test_a_million_invented_device_ids_stay_under_the_caps(
     metrics = Metrics()
     peak_before = rss_mib()
     now = time.time()
-    async with aiohttp.ClientSession() as session:
-        writer = InfluxWriter(InfluxHttp(session, cfg.influxdb), cfg.influxdb, metrics)
-        writing = asyncio.create_task(writer.run())
-        pipeline = Pipeline(
-            decoder=build_decoder(cfg),
-            store=writer,
-            engine=Engine(build_instances(cfg.detectors)),
-            book=build_book(cfg, metrics),
-            notifiers=[],
-            metrics=metrics,
-            deadletters=DeadLetters(DEADLETTERS),
-            max_devices=CAP,
-        )
+    async with pipeline_to_influxdb(cfg, metrics) as pipeline:
         body = b'{"ts": %.3f, "metrics": {"power_w": 2000}}' % now
         for start in range(0, TOTAL, BATCH):
             batch = [
@@ -153,9 +149,7 @@ async def test_a_million_invented_device_ids_stay_under_the_caps(
                 for i in range(start, start + BATCH)
             ]
             await pipeline.process(batch, time.time())
-        left = await writer.flush()
-        writing.cancel()
-    assert left == 0
+
     tags = rows(
         await influxql(
             stack,

@@ -7,7 +7,6 @@ trail (`[alerting] audit_file`, JSON lines, plus the last entries in memory for 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from sentinel.alerting.suppressions import (
     SuppressionKind,
     new_suppression,
 )
+from sentinel.atomicfile import write_atomically
 from sentinel.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -254,13 +254,7 @@ class OperatorDesk:
             "suggestions": [s.to_dict() for s in self.suggestions.values()],
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(path.name + ".tmp")
-            with tmp.open("wb") as fh:
-                fh.write(orjson.dumps(doc))
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
+            write_atomically(path, orjson.dumps(doc))
         except OSError as exc:
             log.error("desk_state_write_failed", path=str(path), error=exc.strerror)
 
