@@ -28,9 +28,10 @@ from tests.stack_env import secret
 
 pytestmark = pytest.mark.stack
 
-# CI sends 200,000 (about a minute); SENTINEL_TEST_STRESS_N=1000000 is the full million,
+# Through the broker CI sends 100,000 (the full million goes straight into the pipeline in
+# test_stack_million.py); SENTINEL_TEST_STRESS_N=1000000 sends the million through the broker,
 # which takes several minutes on these 2 cores (README, "Hostile input").
-TOTAL = int(os.environ.get("SENTINEL_TEST_STRESS_N", "200000"))
+TOTAL = int(os.environ.get("SENTINEL_TEST_STRESS_N", "100000"))
 KNOWN = 1000  # real devices
 CAP = 5000  # validation.max_devices: room for the real ones and some invented ones
 DEADLETTERS = 500
@@ -176,7 +177,11 @@ async def test_a_million_hostile_messages(
     await agent.stop()
     stored_invented = rows(await influxql(stack, 'SELECT count("power_w") FROM "video"', influx_db))
     tag_values = rows(
-        await influxql(stack, 'SHOW TAG VALUES EXACT CARDINALITY WITH KEY = "device_id"', influx_db)
+        await influxql(
+            stack,
+            'SHOW TAG VALUES EXACT CARDINALITY FROM "lighting", "video" WITH KEY = "device_id"',
+            influx_db,
+        )
     )
 
     print(
