@@ -462,8 +462,9 @@ def eval_(
 ) -> None:
     """Run scenarios through the agent's pipeline in simulated time; score alerts against truth.
 
-    An alert matches an event when its device is one of the event's and it starts between the
-    event's start and --grace seconds after its end (docs/scenarios.md).
+    An alert matches an event when its device (or, for a traffic alert without one, a device id
+    it names) is one of the event's and it starts between the event's start and --grace seconds
+    after its end (docs/scenarios.md).
     """
     import sys  # noqa: PLC0415
 

@@ -60,6 +60,15 @@ def test_matching_rule_and_grace() -> None:
     assert not matches(alert("d2", 1500), t, 300)
 
 
+def test_a_device_less_alert_matches_by_the_device_ids_it_names() -> None:
+    t = attack("x", ("d1", "d2"), 1000, 2000)
+    brute = AlertRecord("traffic-brute-force-ip", "_s001", 1100, names=("10.0.0.9", "d2", "root"))
+    assert matches(brute, t, 300)
+    assert not matches(AlertRecord("traffic-brute-force-ip", "_s001", 1100), t, 300)
+    assert not matches(AlertRecord("t", "_s001", 1100, names=("root", "d3")), t, 300)
+    assert not matches(AlertRecord("t", "_s001", 999, names=("d1",)), t, 300)  # before it
+
+
 def test_scoring_known_precision_recall() -> None:
     s = score([RUN_A], grace_s=300)
     x, y = s.kinds["x"], s.kinds["y"]

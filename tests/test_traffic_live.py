@@ -40,6 +40,7 @@ from sentinel.traffic.live import (
     traffic_tasks,
 )
 from sentinel.traffic.mqtt import Connack, Connect, Malformed, Subscribe
+from sentinel.traffic.packet import ip_packed
 from sentinel.traffic.streams import Endpoint, MqttEvent
 from sentinel.traffic.systopics import BrokerGauges
 
@@ -746,3 +747,23 @@ def test_bad_bpf_filter() -> None:
 
     with pytest.raises(LiveCaptureError, match="BPF filter 'tcp port nonsense'"):
         LiveSocket("lo", "tcp port nonsense")
+
+
+def test_refusals_of_unknown_clients_with_an_inventory_do_not_break_the_analyzer() -> None:
+    """The broker log's refusals with no connection to attach to come from the "unknown"
+    endpoint; with an inventory, the analyzer looked it up as an IP and raised."""
+    inventory = {ip_packed("10.3.0.1"): DeviceRef("lyon", "gerland", "video", "cam-1")}
+    alerts: list[object] = []
+    analyzer = Analyzer(
+        TrafficConfig(brute_force_failures=3),
+        inventory,
+        keep_alerts=False,
+        on_alert=lambda alert, _new: alerts.append(alert),
+    )
+    log = BrokerLogEvents()
+    for i in range(5):
+        for ev in log.feed(
+            f"{1_790_000_000 + i}: Client <unknown> disconnected, not authorised.", 0
+        ):
+            analyzer.event(ev)
+    assert alerts  # the refusals still count towards a brute force, on no device

@@ -109,16 +109,12 @@ def print_report(console: Console, runs: Sequence[RunResult], score: Score) -> N
         f"benign traffic ({score.device_hours - score.benign_device_hours:,.0f} device-h), "
         f"{_num(score.fa_benign_per_1000_dh, '{:.3f}')} during benign events "
         f"({score.benign_device_hours:,.0f} device-h).\n"
-        f"Matching: same device, alert start in \\[event start, event end + {score.grace_s:g} s]."
+        f"Matching: same device (or, for a traffic alert without one, a device id it names), "
+        f"alert start in \\[event start, event end + {score.grace_s:g} s]."
     )
     for r in runs:
         for why in r.skipped:
             console.print(f"[yellow]{r.name}: skipped {why}[/]")
-        if r.broker_events:
-            console.print(
-                f"{r.name}: {r.broker_events} broker events (refused logins, subscriptions) "
-                "reach no detector through the telemetry pipeline."
-            )
 
 
 # --- HTML ---------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ runs its own pipeline). Devices are simulated independently of each other, so ev
 messages, and the alerts of any detector that looks at one device or one zone at a time, are
 the same as with one worker; a detector that correlates devices of different zones would not
 see them together.
+
+The run's broker events (refused logins, subscriptions, client id takeovers: what the scenario's
+MQTT-layer actions did) go, in stream order, through the agent's traffic analyzer and alert
+bridge (`sentinel.evaluation.broker`) into the same alert book. A broker is one stream whatever
+the zones (a brute force tries devices of several zones), so with `workers > 1` all of them go
+to worker 0, whose book gets every traffic alert.
 """
 
 from __future__ import annotations
@@ -31,16 +37,19 @@ from sentinel.alerting.build import build_book
 from sentinel.config import Config
 from sentinel.deadletter import DeadLetters
 from sentinel.engine import Engine, build_instances
+from sentinel.evaluation.broker import BrokerTraffic, fleet_inventory
 from sentinel.evaluation.scoring import AlertRecord, RunOutcome
 from sentinel.metrics import Metrics
 from sentinel.pipeline import Pipeline
+from sentinel.traffic.inventory import load_inventory
+from sentinel.traffic.live import TRAFFIC_KIND
 from simulators.anomalies import GroundTruth
-from simulators.effects import StreamPlan
+from simulators.effects import BrokerAction, StreamPlan
 from simulators.fleet import Device, Fleet
 from simulators.generator import generate
 from simulators.recordfile import BrokerEvent, open_recording
 from simulators.scenario import Scenario
-from simulators.scenario_run import ScenarioRun, prepare
+from simulators.scenario_run import ScenarioRun, prepare, with_events
 
 Progress = Callable[[int], None]
 _PROGRESS_EVERY = 20_000
@@ -70,6 +79,22 @@ def build_pipeline(cfg: Config) -> Pipeline:
     )
 
 
+_NAME_KEYS = ("subject", "username", "client_id")
+
+
+def alert_names(a: Alert) -> tuple[str, ...]:
+    """The identities a traffic alert without a device names (its evidence): the scoring rule
+    matches them against an event's devices."""
+    if a.device.kind != TRAFFIC_KIND:
+        return ()
+    ev = a.evidence
+    names = {str(ev[k]) for k in _NAME_KEYS if isinstance(ev.get(k), str)}
+    tried = ev.get("usernames")  # a brute force's sample: "a,b,c (+4)"
+    if isinstance(tried, str):
+        names.update(u for u in tried.split(" (+", 1)[0].split(",") if u and u != "-")
+    return tuple(sorted(names))
+
+
 def _record(a: Alert) -> AlertRecord:
     return AlertRecord(
         detector=a.source.name,
@@ -78,6 +103,7 @@ def _record(a: Alert) -> AlertRecord:
         end=a.ends_at,
         severity=a.source.severity,
         summary=a.summary,
+        names=alert_names(a),
     )
 
 
@@ -86,42 +112,71 @@ class FeedResult:
     alerts: list[AlertRecord]
     messages: int
     rejected: Counter[str]
+    broker_events: int = 0
+
+
+Item = tuple[float, str, bytes] | BrokerEvent
 
 
 async def feed(
     pipeline: Pipeline,
-    items: Iterable[tuple[float, str, bytes]],
+    items: Iterable[Item],
     batch_max: int,
     progress: Progress | None = None,
+    traffic: BrokerTraffic | None = None,
 ) -> FeedResult:
     """Feed (ts, topic, payload) in order, `batch_max` at a time, `now` = the batch's last ts.
+
+    A broker event first flushes the batch before it (stream order), then goes to `traffic`,
+    whose alert transitions enter the book at once; while traffic alerts fire, each batch also
+    advances the bridge's clock (they resolve after `resolve_after_s` of simulated quiet).
+    Without `traffic`, broker events are only counted.
 
     Every alert the book raised is kept (the book's own history is bounded), with its end
     filled in when it resolved.
     """
     raised: dict[int, Alert] = {}
     batch: list[tuple[str, bytes]] = []
-    n = 0
+    n = events = 0
     now = 0.0
     next_report = _PROGRESS_EVERY
+
+    def keep(alerts: list[Alert]) -> None:
+        for a in alerts:
+            raised.setdefault(id(a), a)
+
+    async def flush() -> None:
+        nonlocal batch, n
+        keep(await pipeline.process(batch, now))
+        n += len(batch)
+        batch = []
+        if traffic is not None and traffic.active:
+            keep(await traffic.deliver(pipeline, now))
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # the stream makes no reference cycles; the collector's passes cost ~10 %
     try:
-        for ts, topic, payload in items:
+        for item in items:
+            if isinstance(item, BrokerEvent):
+                events += 1
+                if traffic is None:
+                    continue
+                if batch:
+                    await flush()
+                now = max(now, item.ts)
+                traffic.add(item.ts, item.event)
+                keep(await traffic.deliver(pipeline, now))
+                continue
+            ts, topic, payload = item
             batch.append((topic, payload))
             now = ts
             if len(batch) >= batch_max:
-                for a in await pipeline.process(batch, now):
-                    raised.setdefault(id(a), a)
-                n += len(batch)
-                batch = []
+                await flush()
                 if progress is not None and n >= next_report:
                     progress(n)
                     next_report = n + _PROGRESS_EVERY
         if batch:
-            for a in await pipeline.process(batch, now):
-                raised.setdefault(id(a), a)
-            n += len(batch)
+            await flush()
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -129,7 +184,7 @@ async def feed(
         progress(n)
     # What a SOC would have been shown: not what was suppressed, nor observe-only detectors'.
     shown = [a for a in raised.values() if not a.observed and not a.suppressed_by]
-    return FeedResult([_record(a) for a in shown], n, Counter(pipeline.rejected))
+    return FeedResult([_record(a) for a in shown], n, Counter(pipeline.rejected), events)
 
 
 @dataclass
@@ -215,14 +270,34 @@ def _shard(run: ScenarioRun, zones: set[tuple[str, str]]) -> tuple[Fleet, Stream
     )
 
 
+def _items(messages: Iterable[Any], actions: Sequence[BrokerAction]) -> Iterable[Item]:
+    """Messages and the broker events of `actions`, in stream order."""
+    for m in with_events(messages, actions):
+        if isinstance(m, BrokerAction):
+            for ev in m.events():
+                yield BrokerEvent(m.ts, ev)
+        else:
+            yield m.ts, m.topic, m.payload
+
+
 def _simulate(
-    run: ScenarioRun, fleet: Fleet, plan: StreamPlan, cfg: Config, progress: Progress | None
+    run: ScenarioRun,
+    fleet: Fleet,
+    plan: StreamPlan,
+    cfg: Config,
+    progress: Progress | None,
+    broker: bool = True,
 ) -> FeedResult:
+    """`broker`: this process gets the run's broker events (see the module's docstring)."""
     messages = generate(
         fleet, run.start, run.end, None, run.seed, topic_prefix=run.prefix, plan=plan
     )
-    items = ((m.ts, m.topic, m.payload) for m in messages)
-    return asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max, progress))
+    actions = run.compiled.plan.actions if broker else ()
+    traffic = BrokerTraffic(cfg.traffic, fleet_inventory(run.fleet)) if broker else None
+    pipeline = build_pipeline(cfg)
+    return asyncio.run(
+        feed(pipeline, _items(messages, actions), cfg.pipeline.batch_max, progress, traffic)
+    )
 
 
 def _worker(
@@ -234,7 +309,7 @@ def _worker(
     results: Any,
 ) -> None:
     fleet, plan = _shard(run, zones)
-    out = _simulate(run, fleet, plan, cfg, lambda n: progress.put((index, n)))
+    out = _simulate(run, fleet, plan, cfg, lambda n: progress.put((index, n)), broker=index == 0)
     results.put((index, out))
 
 
@@ -256,7 +331,6 @@ def run_scenario(
         out = _simulate(run, run.fleet, run.compiled.plan, cfg, progress)
     else:
         out = _sharded(run, cfg, workers, progress)
-    broker_events = sum(len(a.events()) for a in run.compiled.plan.actions)
     return RunResult(
         name=scenario.name,
         devices=len(run.fleet),
@@ -265,7 +339,7 @@ def run_scenario(
         end=run.end,
         messages=out.messages,
         rejected=out.rejected,
-        broker_events=broker_events,
+        broker_events=out.broker_events,
         truth=run.truth,
         alerts=sorted(out.alerts, key=lambda a: (a.start, a.device_id, a.detector)),
         skipped=run.compiled.skipped,
@@ -312,25 +386,31 @@ def _sharded(run: ScenarioRun, cfg: Config, workers: int, progress: Progress | N
     rejected: Counter[str] = Counter()
     for out in done.values():
         rejected.update(out.rejected)
-    return FeedResult(alerts, sum(o.messages for o in done.values()), rejected)
+    return FeedResult(
+        alerts,
+        sum(o.messages for o in done.values()),
+        rejected,
+        sum(o.broker_events for o in done.values()),
+    )
 
 
 def run_recording(
     path: Path, truth: Sequence[GroundTruth], cfg: Config, progress: Progress | None = None
 ) -> RunResult:
     """Run a recording file (recorded live, or written by the simulator) through the pipeline,
-    `now` = each entry's recorded time; score it against `truth`."""
+    `now` = each entry's recorded time; score it against `truth`. Its broker events go through
+    the traffic analysis, with the devices of `traffic.inventory_file` when the config names
+    one."""
     began = time.perf_counter()
     rec = open_recording(path)
     first = last = None
     devices: set[str] = set()
-    events = 0
 
-    def items() -> Iterable[tuple[float, str, bytes]]:
-        nonlocal first, last, events
+    def items() -> Iterable[Item]:
+        nonlocal first, last
         for e in rec.entries():
             if isinstance(e, BrokerEvent):
-                events += 1
+                yield e
                 continue
             first = e.ts if first is None else first
             last = e.ts
@@ -339,7 +419,10 @@ def run_recording(
                 devices.add(levels[-2])
             yield e.ts, e.topic, e.payload
 
-    out = asyncio.run(feed(build_pipeline(cfg), items(), cfg.pipeline.batch_max, progress))
+    inventory = cfg.traffic.inventory_file
+    traffic = BrokerTraffic(cfg.traffic, load_inventory(inventory) if inventory else None)
+    pipeline = build_pipeline(cfg)
+    out = asyncio.run(feed(pipeline, items(), cfg.pipeline.batch_max, progress, traffic))
     meta = rec.meta
     start = float(meta.get("start", first or 0.0))
     end = float(meta.get("end", last or start))
@@ -351,7 +434,7 @@ def run_recording(
         end=end,
         messages=out.messages,
         rejected=out.rejected,
-        broker_events=events,
+        broker_events=out.broker_events,
         truth=tuple(truth),
         alerts=sorted(out.alerts, key=lambda a: (a.start, a.device_id, a.detector)),
         wall_s=time.perf_counter() - began,

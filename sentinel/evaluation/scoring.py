@@ -2,8 +2,12 @@
 
 Matching rule: an alert matches a labelled event when the alert's device is one of the event's
 devices and the alert starts inside the event's window, extended by a grace period after its end:
-`event.start <= alert.start <= event.end + grace_s`. An alert that started before the event
-(already firing) does not match it. Alerts and events of different runs never match.
+`event.start <= alert.start <= event.end + grace_s`. A traffic alert with no inventory device (a
+brute force from an address, a subscription by a client) stands for the identities it names
+(`AlertRecord.names`: its subject, the username and client id, the usernames a brute force
+tried); it is about a device when one of those names is the device's id. An alert that started
+before the event (already firing) does not match it. Alerts and events of different runs never
+match.
 
 - An attack is *detected* when at least one alert matches it; its time to detect is the first
   matching alert's start minus the attack's start (simulated seconds).
@@ -40,6 +44,11 @@ class AlertRecord:
     end: float | None = None
     severity: str = ""
     summary: str = ""
+    # Identities a device-less traffic alert names (see the matching rule); empty otherwise.
+    names: tuple[str, ...] = ()
+
+    def about(self, devices: Sequence[str]) -> bool:
+        return self.device_id in devices or any(n in devices for n in self.names)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +58,7 @@ class AlertRecord:
             "end": self.end,
             "severity": self.severity,
             "summary": self.summary,
+            "names": list(self.names),
         }
 
 
@@ -64,7 +74,7 @@ class RunOutcome:
 
 
 def matches(alert: AlertRecord, event: GroundTruth, grace_s: float) -> bool:
-    return alert.device_id in event.devices and event.start <= alert.start <= event.end + grace_s
+    return alert.about(event.devices) and event.start <= alert.start <= event.end + grace_s
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -192,8 +202,8 @@ class Score:
         return {
             "grace_s": self.grace_s,
             "rule": (
-                "alert.device in event.devices and "
-                "event.start <= alert.start <= event.end + grace_s"
+                "(alert.device or a name of a device-less traffic alert) in event.devices "
+                "and event.start <= alert.start <= event.end + grace_s"
             ),
             "attacks": {k: v.to_dict() for k, v in sorted(self.kinds.items())},
             "benign_events": {k: v.to_dict() for k, v in sorted(self.benign.items())},

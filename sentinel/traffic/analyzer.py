@@ -97,7 +97,12 @@ class Analyzer:
         self.features: list[FlowFeatures] = []
 
     def _device_of(self, ip: str) -> DeviceRef | None:
-        return None if self._inventory is None else self._inventory.get(ip_packed(ip))
+        if self._inventory is None:
+            return None
+        try:
+            return self._inventory.get(ip_packed(ip))
+        except OSError:  # the broker log's "unknown" client: no address, so no device
+            return None
 
     def _on_event(self, ev: MqttEvent) -> None:
         packet = ev.packet
