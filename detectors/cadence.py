@@ -46,6 +46,11 @@ class CadenceParams(DetectorParams):
     flood_factor: float = Field(default=1.5, gt=1, le=100)
     flood_burst: float = Field(default=12.0, ge=2)
     adopt_after_s: float = Field(default=6 * 3600.0, gt=0)
+    # A device first seen `learn_s` after the stream's start is new: its silence raises only
+    # once it has reported for `new_device_settle_s` (0: at once). A rogue device that leaves
+    # is the inventory detector's finding, not a dead device.
+    learn_s: float = Field(default=3600.0, ge=0)
+    new_device_settle_s: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> CadenceParams:
@@ -62,6 +67,7 @@ class _Device:
         "bucket",
         "firing",
         "firing_since",
+        "first_seen",
         "gap_from",
         "gap_to",
         "gaps",
@@ -73,6 +79,7 @@ class _Device:
 
     def __init__(self, ts: float) -> None:
         self.last_seen = ts  # the latest payload time seen
+        self.first_seen = ts
         self.log_interval = 0.0
         self.interval = 1.0  # exp(log_interval), kept with it: read on every report
         self.gaps = 0  # gaps learned
@@ -98,6 +105,7 @@ class Cadence(Detector):
         self.clock_ = StreamClock()
         # (deadline, device): when each warmed-up device is next due for a silence check.
         self.heap_: list[tuple[float, DeviceRef]] = []
+        self.started_ = -math.inf  # the first record's time (the learning period's start)
         self._zones: dict[tuple[str, str], list[DeviceRef]] | None = None  # rebuilt on demand
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
@@ -105,6 +113,8 @@ class Cadence(Detector):
         heap, clock = self.heap_, self.clock_
         for record in records:
             now = clock.see(record.ts)
+            if self.started_ == -math.inf:  # the first record
+                self.started_ = now
             change = self._report(record, now)
             if change is not None:
                 changes.append(change)
@@ -213,6 +223,8 @@ class Cadence(Detector):
             if due > now:
                 self._queue(device, state)  # it reported since
                 continue
+            if self._unsettled(state):
+                continue  # a new device that left before it settled: not queued again
             if self._zone_outage(device, state, now):
                 # Part of a zone outage: look again later, in case the zone comes back first.
                 heapq.heappush(heap, (now + self._silence_after(state), device))
@@ -221,6 +233,11 @@ class Cadence(Detector):
             state.firing, state.firing_since = "silence", now
             changes.append(self._silence(device, state, now))
         return changes
+
+    def _unsettled(self, state: _Device) -> bool:
+        p = self.params
+        new = state.first_seen - self.started_ > p.learn_s
+        return new and state.last_seen - state.first_seen < p.new_device_settle_s
 
     def _silence(self, device: DeviceRef, state: _Device, now: float) -> Transition:
         quiet = now - state.last_seen

@@ -57,8 +57,10 @@ def _load_builtin() -> None:
     from detectors import (  # noqa: F401, PLC0415
         cadence,
         commands,
+        drift,
         identity,
         integrity,
+        inventory,
         learned,
         seasonal,
         threshold,

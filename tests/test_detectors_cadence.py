@@ -139,3 +139,16 @@ def test_forget_drops_the_device_and_its_silence_check() -> None:
 def test_parameters_are_checked() -> None:
     with pytest.raises(ValidationError, match="overdue_factor"):
         CadenceParams(overdue_factor=12, silence_factor=10)
+
+
+def test_a_new_device_that_leaves_before_it_settles_is_not_reported_silent() -> None:
+    # cam-2 first reports 2 h into the stream (after learn_s), for 1 h, then leaves.
+    records = stream(LAMPS, T0, T0 + 6 * 3600, 60) + stream([CAM2], T0 + 7200, T0 + 10800, 10)
+    records.sort(key=lambda r: r.ts)
+    assert raised(make(new_device_settle_s=4 * 3600).update(records)) == []
+    # Without the settle period (the default), the same silence raises.
+    assert [t.device for t in raised(make().update(records))] == [CAM2]
+    # A device seen in the learning period raises as before, settle period or not.
+    early = stream(LAMPS, T0, T0 + 6 * 3600, 60) + stream([CAM2], T0, T0 + 3600, 10)
+    early.sort(key=lambda r: r.ts)
+    assert [t.device for t in raised(make(new_device_settle_s=4 * 3600).update(early))] == [CAM2]

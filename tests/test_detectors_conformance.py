@@ -31,6 +31,8 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "integrity": {},
     "identity": {},
     "commands": {"hours": [7, 20]},
+    "inventory": {"learn_s": 1800},
+    "peer_drift": {"metric": "upload_kbps", "window_s": 300, "min_peers": 1},
 }
 Item = Record | CommandRecord
 METRICS = ("upload_kbps", "fps")
@@ -169,6 +171,21 @@ def _commands() -> list[Item]:
     return sorted(stream, key=lambda item: item.ts)
 
 
+def _inventory() -> list[Item]:
+    """Zone B loses power for 30 min then comes back (known devices); vid-r0, never seen in
+    the first half hour, joins at 2 h and leaves at 2.5 h."""
+    rogue = DeviceRef("lyon", "gerland", "video", "vid-r0")
+
+    def shape(d: DeviceRef, n: int, ts: float) -> list[Record]:
+        if d == rogue and not T0 + 2 * H <= ts < T0 + 2.5 * H:
+            return []
+        if d.zone == "confluence" and T0 + H <= ts < T0 + 1.5 * H:
+            return []
+        return [Record(d, ts, {"upload_kbps": 1.0}, n)]
+
+    return list(reports([*ZONE_A, *ZONE_B, rogue], 3, shape))
+
+
 @dataclass(frozen=True)
 class Attack:
     devices: frozenset[str]
@@ -201,6 +218,7 @@ SCENARIOS: dict[str, Scenario] = {
         _identity,
         (attack("lig-b0", T0 + 2 * H, T0 + 3 * H), attack("vid-b0", T0 + 3 * H, T0 + 3.3 * H)),
     ),
+    "inventory": Scenario(_inventory, (attack("vid-r0", T0 + 2 * H, T0 + 2.5 * H),)),
     "commands": Scenario(
         _commands,
         (attack([f"lig-c{i}" for i in range(6)], 1_700_100_300.0, 1_700_100_400.0),),

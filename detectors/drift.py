@@ -1,0 +1,298 @@
+"""Peer drift: a device's metric measured against the devices of its zone that report it.
+
+Devices of one kind and zone share the city's rhythm (rush hours, night), each at its own
+scale; their ratio is steady. Per window of `window_s` stream seconds, each device's mean of
+`metric` is compared with the median of its peers' means (same tenant, zone and kind; the
+tenant's when the zone has fewer than `min_peers` others, unless `tenant_fallback` is off):
+`x = log(mean / peers)`. Windows
+where the peers' mean is under `min_level` (night counts near zero) are skipped.
+
+- **jump**: `x` above the median of the device's last windows by at least `jump` (log units)
+  and `jump_sigmas` robust scales: a camera that suddenly uploads twice what its peers do.
+- **slope**: the least-squares slope of the last `slope_windows` values of `x` against time,
+  at least `min_slope` per hour and `slope_t` standard errors (the residual scale, never under
+  `min_noise`): a counter inflated a few % more every hour.
+
+`direction` says which side raises (`up` by default). The first finding raises; flagged windows
+are not learned; `clear_after` unflagged windows clear; a jump lasting `adopt_after` windows is
+adopted as the new normal (raised once). Per device: a window accumulator and `history` values.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field
+
+from detectors.base import Detector, DetectorParams
+from detectors.model import DeviceRef, EvidenceValue, Record, Transition
+from detectors.registry import register
+from detectors.streams import StreamClock, forget_devices
+
+_MAD_TO_SIGMA = 1.4826
+
+
+class PeerDriftParams(DetectorParams):
+    metric: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    window_s: float = Field(default=1800.0, ge=10)
+    min_peers: int = Field(default=2, ge=1, le=10_000)
+    # Without enough peers in the zone, compare with the tenant's devices of the kind. Off for
+    # metrics that local events move (a festival doubles one district's traffic).
+    tenant_fallback: bool = True
+    min_level: float = Field(default=0.0, ge=0)
+    history: int = Field(default=24, ge=4, le=1000)
+    min_history: int = Field(default=4, ge=2)
+    direction: Literal["up", "down", "both"] = "up"
+    checks: tuple[Literal["jump", "slope"], ...] = Field(default=("jump", "slope"), min_length=1)
+    jump: float = Field(default=0.47, gt=0)  # log(1.6)
+    jump_sigmas: float = Field(default=6.0, gt=0)
+    slope_windows: int = Field(default=16, ge=4, le=1000)
+    # The metric is a count per report (vehicles): each window's log-ratio is weighted by its
+    # Poisson precision (1 / (1/device count + 1/peer count)), so quiet night windows barely
+    # weigh; the residuals' dispersion only ever widens that noise.
+    counts: bool = False
+    min_slope: float = Field(default=0.015, gt=0)  # log units per hour
+    slope_t: float = Field(default=6.0, gt=0)
+    min_noise: float = Field(default=0.02, gt=0)
+    # A device is a peer of the others once it has been seen for this many windows.
+    peer_after: int = Field(default=16, ge=0, le=100_000)
+    clear_after: int = Field(default=2, ge=1)
+    adopt_after: int = Field(default=6, ge=1)
+
+
+class _Device:
+    __slots__ = (
+        "firing",
+        "first",
+        "flagged",
+        "history",
+        "n",
+        "normal",
+        "total",
+        "window",
+    )
+
+    def __init__(self, size: int, window: int) -> None:
+        self.first = window  # the window it was first seen in
+        self.window = -1  # the window index being accumulated
+        self.total = 0.0
+        self.n = 0
+        # (window end, x, weight): weight is the window's precision (1.0 unless `counts`).
+        self.history: deque[tuple[float, float, float]] = deque(maxlen=size)
+        self.firing = ""  # "", "jump" or "slope"
+        self.flagged = 0  # flagged windows in a row
+        self.normal = 0  # unflagged windows in a row while firing
+
+
+@register("peer_drift")
+class PeerDrift(Detector):
+    params_model = PeerDriftParams
+    params: PeerDriftParams
+
+    def __init__(self, params: DetectorParams) -> None:
+        if not isinstance(params, PeerDriftParams):
+            raise TypeError("PeerDrift needs PeerDriftParams")
+        super().__init__(params)
+        self.devices_: dict[DeviceRef, _Device] = {}
+        self.clock_ = StreamClock()
+        self.window_ = -1  # the stream's current window
+
+    def update(self, records: Sequence[Record]) -> list[Transition]:
+        p = self.params
+        changes: list[Transition] = []
+        for record in records:
+            now = self.clock_.see(record.ts)
+            window = math.floor(now / p.window_s)
+            if window > self.window_:
+                if self.window_ >= 0:
+                    changes += self._close(self.window_)
+                self.window_ = window
+            value = record.metrics.get(p.metric)
+            if value is None or not math.isfinite(value):
+                continue
+            mine = math.floor(record.ts / p.window_s)
+            if mine != self.window_:
+                continue  # late for its window
+            state = self.devices_.get(record.device)
+            if state is None:
+                state = self.devices_[record.device] = _Device(
+                    max(p.history, p.slope_windows), mine
+                )
+            if state.window != mine:
+                state.window, state.total, state.n = mine, 0.0, 0
+            state.total += value
+            state.n += 1
+        return changes
+
+    def _close(self, window: int) -> list[Transition]:
+        p = self.params
+        logs: dict[DeviceRef, float] = {}
+        for ref, state in self.devices_.items():
+            if state.window == window and state.n and state.total > 0:
+                logs[ref] = math.log(state.total / state.n)
+        zones: dict[tuple[str, str, str], list[DeviceRef]] = {}
+        tenants: dict[tuple[str, str], list[DeviceRef]] = {}
+        for ref in logs:
+            zones.setdefault((ref.tenant, ref.zone, ref.kind), []).append(ref)
+            tenants.setdefault((ref.tenant, ref.kind), []).append(ref)
+        end = (window + 1) * p.window_s
+        changes: list[Transition] = []
+        for ref, y in logs.items():
+            group, scope = zones[ref.tenant, ref.zone, ref.kind], "zone"
+            if len(group) - 1 < p.min_peers:
+                if not p.tenant_fallback:
+                    continue
+                group, scope = tenants[ref.tenant, ref.kind], "tenant"
+                if len(group) - 1 < p.min_peers:
+                    continue
+            others = [o for o in group if o != ref]
+            level = statistics.median(math.exp(logs[o]) for o in others)
+            if level <= p.min_level:
+                continue
+            index, used = self._index(others, logs, window)
+            x = y - index
+            state = self.devices_[ref]
+            pooled = sum(self.devices_[o].total for o in used)
+            weight = 1.0 / (1.0 / state.total + 1.0 / pooled) if p.counts else 1.0
+            point = (x, weight)
+            change = self._judge(ref, state, end, point, math.exp(y), level, scope, len(used))
+            if change is not None:
+                changes.append(change)
+        return changes
+
+    def _index(
+        self, others: list[DeviceRef], logs: dict[DeviceRef, float], window: int
+    ) -> tuple[float, list[DeviceRef]]:
+        """The median log-mean of the peers present for `peer_after` windows, so that a device
+        that just appeared (a rogue one) does not move its zone's reference when it comes and
+        goes; all present peers while too few are established (the start of a stream)."""
+        p = self.params
+        known = [o for o in others if window - self.devices_[o].first >= p.peer_after]
+        used = known if len(known) >= p.min_peers else others
+        return statistics.median(logs[o] for o in used), used
+
+    def _judge(
+        self,
+        ref: DeviceRef,
+        state: _Device,
+        end: float,
+        point: tuple[float, float],
+        mean: float,
+        level: float,
+        scope: str,
+        peers: int,
+    ) -> Transition | None:
+        p = self.params
+        x, weight = point
+        finding = self._jump(state, x) or self._slope(state, end, point)
+        evidence: dict[str, EvidenceValue] = {
+            "metric": p.metric,
+            "value": round(mean, 6),
+            "peer_median": round(level, 6),
+            "log_ratio": round(x, 6),
+            "peers": peers,
+            "baseline": f"median of {peers} peers of the {scope}",
+            "history_windows": len(state.history),
+            "window_s": p.window_s,
+        }
+        if finding is None:
+            state.history.append((end, x, weight))
+            state.flagged = 0
+            if state.firing:
+                state.normal += 1
+                if state.normal >= p.clear_after:
+                    return self._clear(ref, state, end, "back in line with its peers")
+            return None
+        condition, detail = finding
+        state.flagged += 1
+        state.normal = 0
+        if state.firing:
+            if condition == "jump" and state.flagged >= p.adopt_after:
+                state.history.clear()
+                state.history.append((end, x, weight))
+                return self._clear(ref, state, end, f"new ratio {math.exp(x):.3g} adopted")
+            return None
+        state.firing = condition
+        evidence.update(detail)
+        evidence["condition"] = condition
+        summary = (
+            f"{p.metric} on {ref.device_id} is {mean:g}, {math.exp(x):.2f}x its peers' median"
+            f" {level:g} ({condition}: {detail['reason']})"
+        )
+        return Transition(ref, True, end, summary, evidence)
+
+    def _side(self, d: float) -> float:
+        direction = self.params.direction
+        return d if direction == "up" else -d if direction == "down" else abs(d)
+
+    def _jump(self, state: _Device, x: float) -> tuple[str, dict[str, EvidenceValue]] | None:
+        p = self.params
+        if "jump" not in p.checks or len(state.history) < p.min_history:
+            return None
+        recent = [v for _, v, _ in state.history]
+        center = statistics.median(recent)
+        mad = statistics.median(abs(v - center) for v in recent) * _MAD_TO_SIGMA
+        scale = max(mad, p.min_noise)
+        d = self._side(x - center)
+        if d < p.jump or d < p.jump_sigmas * scale:
+            return None
+        reason = f"ratio moved from {math.exp(center):.3g} to {math.exp(x):.3g}"
+        return "jump", {
+            "expected_log_ratio": round(center, 6),
+            "scale": round(scale, 6),
+            "reason": reason,
+        }
+
+    def _slope(
+        self, state: _Device, end: float, point: tuple[float, float]
+    ) -> tuple[str, dict[str, EvidenceValue]] | None:
+        """Weighted least-squares slope of the log-ratio over the last `slope_windows`."""
+        p = self.params
+        if "slope" not in p.checks:
+            return None
+        points = [*list(state.history)[-(p.slope_windows - 1) :], (end, *point)]
+        if len(points) < max(p.min_history, 3):
+            return None
+        t = [(ts - end) / 3600.0 for ts, _, _ in points]
+        y = [v for _, v, _ in points]
+        w = [u for _, _, u in points]
+        sw = sum(w)
+        tm = sum(a * u for a, u in zip(t, w, strict=True)) / sw
+        ym = sum(b * u for b, u in zip(y, w, strict=True)) / sw
+        sxx = sum(u * (a - tm) ** 2 for a, u in zip(t, w, strict=True))
+        if sxx <= 0:
+            return None
+        slope = sum(u * (a - tm) * (b - ym) for a, b, u in zip(t, y, w, strict=True)) / sxx
+        chi2 = sum(
+            u * (b - ym - slope * (a - tm)) ** 2 for a, b, u in zip(t, y, w, strict=True)
+        ) / (len(points) - 2)
+        # Unweighted: chi2 is the residual variance. Counts: it is the overdispersion factor.
+        spread = max(chi2, 1.0) if p.counts else max(chi2, p.min_noise**2)
+        stat = slope / math.sqrt(spread / sxx)
+        if self._side(slope) < p.min_slope or self._side(stat) < p.slope_t:
+            return None
+        span = t[-1] - t[0]
+        reason = f"ratio trending {slope * 100:+.2g} %/h over {span:.3g} h"
+        return "slope", {
+            "slope_per_hour": round(slope, 6),
+            "t_stat": round(stat, 3),
+            "dispersion": round(spread, 6),
+            "windows": len(points),
+            "reason": reason,
+        }
+
+    def _clear(self, ref: DeviceRef, state: _Device, ts: float, reason: str) -> Transition:
+        condition = state.firing
+        state.firing, state.flagged, state.normal = "", 0, 0
+        summary = f"{self.params.metric} on {ref.device_id}: {reason}"
+        return Transition(ref, False, ts, summary, {"condition": condition, "reason": reason})
+
+    def tracked_devices(self) -> int:
+        return len(self.devices_)
+
+    def forget(self, device_ids: set[str]) -> None:
+        forget_devices(self.devices_, device_ids)

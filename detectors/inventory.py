@@ -1,0 +1,150 @@
+"""Inventory: a device that nobody enrolled starts publishing (a rogue device).
+
+A device is *known* when it is in the configured inventory (`inventory`, a list of device ids,
+or `inventory_file`, one id per line, read once when the detector is built) or, without an
+inventory, when it reported during the learning period: the first `learn_s` seconds of stream
+time. A device first seen after that raises once, at its first report, with the evidence; the
+device is then remembered as flagged (bounded by `max_new`, oldest dropped) and the alert clears
+`hold_s` later (an event: the operator enrols the device or removes it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from detectors.base import Detector, DetectorParams
+from detectors.model import DeviceRef, Record, Transition
+from detectors.registry import register
+from detectors.streams import StreamClock
+
+_MAX_INVENTORY = 1_000_000
+_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class InventoryParams(DetectorParams):
+    inventory: tuple[str, ...] = Field(default=(), max_length=_MAX_INVENTORY)
+    inventory_file: str | None = None
+    learn_s: float = Field(default=3600.0, ge=0)
+    # Devices learned during the learning period (attackers control ids: the set is bounded).
+    max_known: int = Field(default=200_000, ge=1, le=_MAX_INVENTORY)
+    max_new: int = Field(default=10_000, ge=1, le=1_000_000)
+    hold_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InventoryParams:
+        if self.inventory and self.inventory_file:
+            raise ValueError("give inventory or inventory_file, not both")
+        return self
+
+
+def _read_inventory(path: str) -> frozenset[str]:
+    data = Path(path).read_bytes()
+    if len(data) > _MAX_FILE_BYTES:
+        raise ValueError(f"inventory file {path} is over {_MAX_FILE_BYTES} bytes")
+    ids = [line.strip() for line in data.decode("utf-8").splitlines()]
+    return frozenset(i for i in ids if i and not i.startswith("#"))
+
+
+@register("inventory")
+class Inventory(Detector):
+    params_model = InventoryParams
+    params: InventoryParams
+
+    def __init__(self, params: DetectorParams) -> None:
+        if not isinstance(params, InventoryParams):
+            raise TypeError("Inventory needs InventoryParams")
+        super().__init__(params)
+        p = params
+        self._enrolled = frozenset(p.inventory) or (
+            _read_inventory(p.inventory_file) if p.inventory_file else frozenset()
+        )
+        self.clock_ = StreamClock()
+        self.started_ = -math.inf  # the first record's time: the learning period's start
+        self.known_: dict[str, None] = {}  # learned ids (insertion-ordered set)
+        # Flagged devices: id -> when it raised (0.0 once cleared), oldest first.
+        self.new_: dict[str, float] = {}
+        self.firing_: dict[str, DeviceRef] = {}
+
+    def _learning(self, now: float) -> bool:
+        if self._enrolled:
+            return False
+        if self.started_ == -math.inf:  # the first record
+            self.started_ = now
+        return now - self.started_ < self.params.learn_s
+
+    def update(self, records: Sequence[Record]) -> list[Transition]:
+        p = self.params
+        changes: list[Transition] = []
+        for record in records:
+            now = self.clock_.see(record.ts)
+            device_id = record.device.device_id
+            if self._learning(now):
+                if device_id not in self.known_ and len(self.known_) < p.max_known:
+                    self.known_[device_id] = None
+            elif (
+                device_id not in self.known_
+                and device_id not in self._enrolled
+                and device_id not in self.new_
+            ):
+                changes.append(self._raise(record, now))
+            changes += self._clears(now)
+        return changes
+
+    def _raise(self, record: Record, now: float) -> Transition:
+        p = self.params
+        device_id = record.device.device_id
+        self.new_[device_id] = now
+        self.firing_[device_id] = record.device
+        while len(self.new_) > p.max_new:
+            oldest = next(iter(self.new_))
+            del self.new_[oldest]
+            self.firing_.pop(oldest, None)
+        if self._enrolled:
+            baseline = f"inventory of {len(self._enrolled)} devices"
+        else:
+            baseline = f"{len(self.known_)} devices seen in the first {p.learn_s:g} s"
+        info = record.info
+        summary = f"{device_id} is not in the inventory and publishes ({baseline})"
+        return Transition(
+            record.device,
+            True,
+            now,
+            summary,
+            {
+                "condition": "unknown device",
+                "first_seen": record.ts,
+                "client_id": info.get("client_id"),
+                "src_ip": info.get("src_ip"),
+                "baseline": baseline,
+            },
+        )
+
+    def _clears(self, now: float) -> list[Transition]:
+        # firing_ is in raise order (stream time never goes back): only its head can be due.
+        hold = self.params.hold_s
+        changes: list[Transition] = []
+        while self.firing_:
+            device_id, device = next(iter(self.firing_.items()))
+            if now - self.new_.get(device_id, -math.inf) < hold:
+                break
+            del self.firing_[device_id]
+            reason = "unknown device acknowledged after hold_s"
+            summary = f"{device_id}: {reason}"
+            changes.append(Transition(device, False, now, summary, {"reason": reason}))
+        return changes
+
+    def is_flagged(self, device_id: str) -> bool:
+        return device_id in self.new_
+
+    def tracked_devices(self) -> int:
+        return len(self.known_) + len(self.new_)
+
+    def forget(self, device_ids: set[str]) -> None:
+        for device_id in device_ids:
+            self.known_.pop(device_id, None)
+            self.new_.pop(device_id, None)
+            self.firing_.pop(device_id, None)
