@@ -6,6 +6,7 @@ A detector is pure: it sees records and its own state, never a socket or the wal
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,19 @@ class DetectorParams(BaseModel):
     """Base of every detector's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+METRIC_NAME = r"^[a-z][a-z0-9_]{0,63}$"  # as the decoder accepts them
+
+
+def check_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """For detectors' `metrics` parameters: valid names, none twice."""
+    for name in names:
+        if not re.match(METRIC_NAME, name):
+            raise ValueError(f"metric name {name!r} must match {METRIC_NAME}")
+    if len(set(names)) != len(names):
+        raise ValueError("metrics are listed twice")
+    return names
 
 
 class Detector(ABC):

@@ -38,7 +38,14 @@ import structlog
 from pydantic import Field, field_validator
 
 from detectors import state as state_codec
-from detectors.base import Change, DetectorParams, Scores, ScoringDetector, Verdict
+from detectors.base import (
+    Change,
+    DetectorParams,
+    Scores,
+    ScoringDetector,
+    Verdict,
+    check_metric_names,
+)
 from detectors.model import DeviceRef, EvidenceValue, Record
 from detectors.registry import register
 
@@ -49,7 +56,6 @@ REPORTS = "reports"
 MODEL_FILE = "model.skops"
 META_FILE = "meta.json"
 META_FORMAT = 1
-_METRIC = r"^[a-z][a-z0-9_]{0,63}$"
 _VERSION = re.compile(r"^v\d{8}T\d{6}Z(-\d{1,3})?$")
 _MAX_SKIPPED = 64
 Estimator = Literal["isolation_forest", "lof", "robust_covariance"]
@@ -89,12 +95,7 @@ class LearnedParams(DetectorParams):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for name in v:
-            if not re.match(_METRIC, name):
-                raise ValueError(f"metric name {name!r} must match {_METRIC}")
-        if len(set(v)) != len(v):
-            raise ValueError("metrics are listed twice")
-        return v
+        return check_metric_names(v)
 
 
 def feature_names(metrics: Sequence[str]) -> tuple[str, ...]:

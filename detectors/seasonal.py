@@ -27,7 +27,6 @@ level (recent buffer and seasonal profile move to it) and clears.
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +36,14 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from detectors import state as state_codec
-from detectors.base import Change, DetectorParams, Scores, ScoringDetector, Verdict
+from detectors.base import (
+    Change,
+    DetectorParams,
+    Scores,
+    ScoringDetector,
+    Verdict,
+    check_metric_names,
+)
 from detectors.model import DeviceRef, Record
 from detectors.registry import register
 
@@ -50,7 +56,6 @@ _MAD_TO_SIGMA = 1.4826
 _MEAN_ABS_TO_SIGMA = 1.2533
 _CLIP = 3.0  # seasonal updates are clipped at this many scales
 _LOG_EPS = 1e-10  # score = log(tail) / log(1e-10), so 1.0 is a one-in-ten-billion tail
-_METRIC = r"^[a-z][a-z0-9_]{0,63}$"
 
 
 class SeasonalParams(DetectorParams):
@@ -81,12 +86,7 @@ class SeasonalParams(DetectorParams):
     @field_validator("metrics")
     @classmethod
     def _metric_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for name in v:
-            if not re.match(_METRIC, name):
-                raise ValueError(f"metric name {name!r} must match {_METRIC}")
-        if len(set(v)) != len(v):
-            raise ValueError("metrics are listed twice")
-        return v
+        return check_metric_names(v)
 
     @model_validator(mode="after")
     def _buckets_fit(self) -> SeasonalParams:
