@@ -87,7 +87,8 @@ class Engine:
         self._scores: list[ScoreSample] = []
 
     def take_scores(self) -> list[ScoreSample]:
-        """Score samples of the scoring detectors since the last call."""
+        """Score samples of the scoring detectors in the last `process` call. Callers that do
+        not want them (eval, backtest) need not take them: each call starts a new list."""
         scores, self._scores = self._scores, []
         return scores
 
@@ -102,6 +103,7 @@ class Engine:
     def process(
         self, records: Sequence[Record], commands: Sequence[CommandRecord] = ()
     ) -> list[tuple[AlertSource, list[Transition]]]:
+        self._scores = []  # never more than one batch's worth held
         by_kind: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             by_kind[record.device.kind].append(record)

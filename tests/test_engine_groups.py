@@ -39,3 +39,17 @@ def test_each_group_gets_its_own_parameters() -> None:
 def test_a_group_must_be_made_of_topic_slugs() -> None:
     with pytest.raises(ValidationError, match="zones"):
         Config(detectors=[rule("r", 1, zones=["Part Dieu"])])
+
+
+def test_score_samples_are_held_for_one_batch_only() -> None:
+    """Callers that never take them (backtest) must not accumulate them."""
+    cfg = Config(
+        detectors=[
+            {"name": "s", "type": "seasonal", "kinds": ["video"], "params": {"metrics": ["fps"]}}
+        ]
+    )
+    engine = Engine(build_instances(cfg.detectors))
+    for batch in range(3):
+        devices = [DeviceRef("lyon", "gerland", "video", f"cam-{i}") for i in range(10)]
+        engine.process([Record(d, 60.0 * batch, {"fps": 25.0}) for d in devices])
+    assert len(engine.take_scores()) == 10
