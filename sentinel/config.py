@@ -263,6 +263,9 @@ class AlertingConfig(_Section):
     max_notified_per_incident: int = Field(default=10, ge=1, le=10_000)
     # Beyond this many open incidents, new ones fold into one overflow incident per detector.
     max_open_incidents: int = Field(default=500, ge=1, le=100_000)
+    # Incidents of one group open in this many zones of a tenant at once are linked into one
+    # fleet incident, notified as one SentinelFleetIncident (0 = off).
+    fleet_min_zones: int = Field(default=3, ge=0, le=10_000)
     inhibit: tuple[InhibitRule, ...] = ()
     # Suppressions and suggestions made through the API, and the audit trail (JSON lines).
     state_file: Path | None = None

@@ -69,9 +69,12 @@ def test_incident_closes_after_the_quiet_period_and_ends_its_rollup() -> None:
     assert again.incident != incident.id
 
 
-def test_alert_storm_gives_bounded_incidents_and_notifications() -> None:
+@pytest.mark.parametrize("fleet_min_zones", [0, 3])
+def test_alert_storm_gives_bounded_incidents_and_notifications(fleet_min_zones: int) -> None:
     rng = random.Random(7)
-    policy = AlertPolicy(max_notified_per_incident=5, max_open_incidents=50)
+    policy = AlertPolicy(
+        max_notified_per_incident=5, max_open_incidents=50, fleet_min_zones=fleet_min_zones
+    )
     book = AlertBook(Metrics(), policy)
     notices = 0
     incidents: set[str] = set()
@@ -85,9 +88,76 @@ def test_alert_storm_gives_bounded_incidents_and_notifications() -> None:
         incidents |= {a.incident for a in changed}
         notices += len(book.notices(changed))
     # 50 open incidents + 1 overflow incident, each notified at most 5 alerts + 1 roll-up.
-    assert len(incidents) == 51
+    # Fleet incidents take open slots too, and fold their zones' alerts into one notice.
+    fleets = sum(1 for (_, zone, _) in book.incidents.open if zone == "_fleet")
+    assert (fleets > 0) == (fleet_min_zones > 0)
+    assert len(incidents) == 51 - fleets
     assert notices <= 51 * 6
     assert len(book.active) == 100_000  # every alert is still kept and stored
+
+
+def campaign(
+    book: AlertBook, zones: list[str], tenant: str = "lyon", per_zone: int = 4
+) -> list[Alert]:
+    """Each zone in turn gets `per_zone` alerting cameras, a minute apart."""
+    changed: list[Alert] = []
+    for z, zone in enumerate(zones):
+        devices = [cam(100 * z + i, zone=zone, tenant=tenant) for i in range(per_zone)]
+        changed += book.apply(EXFIL, [fire(d, T0 + 60 * z) for d in devices])
+    return changed
+
+
+def test_a_campaign_across_zones_becomes_one_fleet_incident() -> None:
+    book = AlertBook(Metrics(), AlertPolicy(max_notified_per_incident=10, fleet_min_zones=3))
+    changed = campaign(book, ["gerland", "confluence", "part-dieu", "vaise", "croix-rousse"])
+    notices = book.notices(changed)
+    alone = [n for n in notices if isinstance(n, Alert)]
+    (fleet_notice,) = [n for n in notices if isinstance(n, Rollup)]
+    # The first two zones are notified device by device; from the third, one fleet notice.
+    assert [a.device.zone for a in alone] == ["gerland"] * 4 + ["confluence"] * 4
+    labels = fleet_notice.labels()
+    assert (labels["alertname"], labels["zone"], labels["tenant"]) == (
+        "SentinelFleetIncident",
+        "_fleet",
+        "lyon",
+    )
+    fleet = fleet_notice.incident
+    assert (fleet.alerts, len(fleet.devices), len(fleet.zones), fleet.rolled_up) == (20, 20, 5, 12)
+    assert "5 zones of lyon" in fleet_notice.summary
+    zone_incidents = [book.incidents.get(i) for i in sorted({a.incident for a in changed})]
+    assert len(zone_incidents) == 5
+    assert all(inc is not None and inc.fleet == fleet.id for inc in zone_incidents)
+    written = {
+        inc.id: line for inc, state in book.tick(T0 + 300) for line in [incident_line(inc, state)]
+    }
+    assert "zone=_fleet" in written[fleet.id] and "zones=5i" in written[fleet.id]
+
+
+def test_fleet_incident_needs_enough_zones_of_one_tenant() -> None:
+    book = AlertBook(Metrics(), AlertPolicy(fleet_min_zones=3))
+    changed = campaign(book, ["gerland", "confluence"])
+    changed += campaign(book, ["centre", "gratte-ciel"], tenant="villeurbanne")
+    assert all(a.notified for a in changed)
+    assert not any(zone == "_fleet" for (_, zone, _) in book.incidents.open)
+
+
+def test_fleet_incident_closes_with_its_last_zone() -> None:
+    book = AlertBook(Metrics(), AlertPolicy(incident_quiet_s=600, fleet_min_zones=2))
+    devices = [cam(1, zone="gerland"), cam(2, zone="vaise")]
+    book.apply(EXFIL, [fire(d, T0) for d in devices])
+    book.notices([])
+    book.tick(T0)
+    book.apply(EXFIL, [fire(devices[0], T0 + 10, firing=False)])
+    # gerland closes on its own; vaise still fires, so the fleet stays open.
+    assert [(inc.zone, state) for inc, state in book.tick(T0 + 10 + 600)] == [("gerland", "closed")]
+    book.apply(EXFIL, [fire(devices[1], T0 + 900, firing=False)])
+    closed = {inc.zone: state for inc, state in book.tick(T0 + 900 + 600)}
+    assert closed == {"vaise": "closed", "_fleet": "closed"}
+    (ended,) = book.notices([])
+    assert isinstance(ended, Rollup) and ended.fleet and not ended.firing
+    # The next alert of the group starts from scratch: one zone is not a fleet.
+    (again,) = book.apply(EXFIL, [fire(devices[0], T0 + 9000)])
+    assert again.notified
 
 
 def test_suppression_mutes_in_its_window_and_is_stored_as_suppressed() -> None:

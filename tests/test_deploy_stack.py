@@ -400,6 +400,10 @@ def test_rendered_alertmanager_config_is_valid(rendered: tuple[Path, str]) -> No
         expected[(*rollup, "alertname=SentinelIncidentRollup", "severity=critical")] = (
             f"{tenant}-critical"
         )
+        campaign = (f"tenant={tenant}", "zone=_fleet", "incident=i-3", "detector=x")
+        expected[(*campaign, "alertname=SentinelFleetIncident", "severity=warning")] = (
+            f"{tenant}-warning"
+        )
     expected[("tenant=elsewhere", "severity=critical", "alertname=X")] = "sentinel-critical"
     expected[("tenant=elsewhere", "severity=warning", "alertname=X")] = "sentinel-default"
     pipeline = ("component=pipeline", "job=sentinel-agent", "instance=127.0.0.1:19108")

@@ -411,7 +411,12 @@ async def test_alert_flood_gives_bounded_incidents_and_notifications(
     5 notices each, Alertmanager sees a bounded number; InfluxDB still gets all 20,000."""
     tenant = f"t{uuid.uuid4().hex[:8]}"
     agent, _, port = await start(
-        stack, influx_db, fleet, tmp_path, detectors_toml(1), alerting="max_open_incidents = 20"
+        stack,
+        influx_db,
+        fleet,
+        tmp_path,
+        detectors_toml(1),
+        alerting="max_open_incidents = 20\nfleet_min_zones = 0",  # zone incidents only
     )
     t0 = time.time() - 30
     flood = [
@@ -451,5 +456,54 @@ async def test_alert_flood_gives_bounded_incidents_and_notifications(
             within_s=30,
         )
         assert stored[0]["count"] == 20_000
+    finally:
+        await agent.stop()
+
+
+async def test_cameras_dark_in_four_zones_are_one_fleet_incident(
+    stack: Stack, influx_db: str, fleet: FleetTopics, tmp_path: Path
+) -> None:
+    """Three cameras go dark in each of four zones: the first two zones are notified device
+    by device, then one SentinelFleetIncident stands for the campaign (fleet_min_zones = 3)."""
+    zones = [f"z{uuid.uuid4().hex[:8]}" for _ in range(4)]
+    agent, _, port = await start(stack, influx_db, fleet, tmp_path, detectors_toml(2))
+    t0 = time.time() - 60
+    dark = [
+        msg
+        for z, zone in enumerate(zones)
+        for msg in reports(fleet, zone, range(3 * z, 3 * z + 3), 0.0, t0, 3)
+    ]
+    try:
+        await publish_all(stack.mqtt_url, dark)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, port)
+            body = await api.wait(
+                "/api/incidents",
+                lambda b: any(i["zone"] == "_fleet" and i["alerts"] == 12 for i in b["incidents"]),
+            )
+            (fleet_incident,) = [i for i in body["incidents"] if i["zone"] == "_fleet"]
+            assert (fleet_incident["devices"], fleet_incident["tenant"]) == (12, "lyon")
+            assert fleet_incident["zones"] == sorted(zones)
+            members = [i for i in body["incidents"] if i["zone"] in zones]
+            assert len(members) == 4
+            assert {i["fleet"] for i in members} == {fleet_incident["id"]}
+            deadline = time.monotonic() + 15
+            while not (fleet_notices := await am_alerts(stack, session, "_fleet")) or not any(
+                a["labels"].get("incident") == fleet_incident["id"] for a in fleet_notices
+            ):
+                assert time.monotonic() < deadline, fleet_notices
+                await asyncio.sleep(0.3)
+            alone = [a for zone in zones for a in await am_alerts(stack, session, zone)]
+        mine = [a for a in fleet_notices if a["labels"].get("incident") == fleet_incident["id"]]
+        assert [a["labels"]["alertname"] for a in mine] == ["SentinelFleetIncident"]
+        assert sorted(a["labels"]["zone"] for a in alone) == sorted(zones[:2] * 3)
+        stored = await poll_rows(
+            stack,
+            influx_db,
+            "SELECT \"zones\" FROM incidents WHERE zone = '_fleet' AND "
+            f"incident = '{fleet_incident['id']}'",
+            bool,
+        )
+        assert stored[-1]["zones"] == 4
     finally:
         await agent.stop()

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import orjson
 
 from detectors.model import DeviceRef, EvidenceValue, Transition
-from sentinel.alerting.incidents import Incident, IncidentBook, IncidentState
+from sentinel.alerting.incidents import FLEET, Incident, IncidentBook, IncidentState
 from sentinel.alerting.suppressions import Suppressions
 from sentinel.metrics import Metrics
 
@@ -123,7 +123,8 @@ class Alert:
 
 @dataclass(slots=True)
 class Rollup:
-    """Stands for the alerts of an incident beyond the ones notified one by one."""
+    """Stands for the alerts of an incident beyond the ones notified one by one; for a fleet
+    incident, for the whole campaign across its zones."""
 
     incident: Incident
     starts_at: float
@@ -134,8 +135,14 @@ class Rollup:
         return "r-" + self.incident.id
 
     @property
+    def fleet(self) -> bool:
+        return self.incident.zone == FLEET
+
+    @property
     def summary(self) -> str:
         inc = self.incident
+        if self.fleet:
+            return f"fleet incident: {inc.summary}"
         return (
             f"{inc.rolled_up} more alert(s) of {inc.group} not notified one by one ({inc.summary})"
         )
@@ -143,7 +150,7 @@ class Rollup:
     def labels(self) -> dict[str, str]:
         inc = self.incident
         return {
-            "alertname": "SentinelIncidentRollup",
+            "alertname": "SentinelFleetIncident" if self.fleet else "SentinelIncidentRollup",
             "severity": inc.severity,
             "tenant": inc.tenant,
             "zone": inc.zone,
@@ -167,6 +174,7 @@ class AlertPolicy:
     incident_quiet_s: float = 600.0
     max_notified_per_incident: int = 10
     max_open_incidents: int = 500
+    fleet_min_zones: int = 3  # 0: no fleet incidents
     # detector name → the detectors it inhibits in its zone while it fires
     inhibit: tuple[tuple[str, tuple[str, ...]], ...] = ()
     max_suppressions: int = 1000
@@ -195,7 +203,12 @@ class AlertBook:
 
     def _new_incident_book(self) -> IncidentBook:
         p = self.policy
-        return IncidentBook(p.incident_quiet_s, p.max_notified_per_incident, p.max_open_incidents)
+        return IncidentBook(
+            p.incident_quiet_s,
+            p.max_notified_per_incident,
+            p.max_open_incidents,
+            fleet_min_zones=p.fleet_min_zones,
+        )
 
     def set_policy(self, policy: AlertPolicy) -> None:
         """Apply new settings (hot reload); open incidents and active alerts are kept."""
@@ -205,6 +218,7 @@ class AlertBook:
         inc.quiet_s = policy.incident_quiet_s
         inc.max_notified = policy.max_notified_per_incident
         inc.max_open = policy.max_open_incidents
+        inc.fleet_min_zones = policy.fleet_min_zones
         targets: defaultdict[str, list[str]] = defaultdict(list)
         for source, muted in policy.inhibit:
             for target in muted:
@@ -263,11 +277,10 @@ class AlertBook:
         )
         alert.incident = placed.incident.id
         alert.notified = placed.notify_alone
-        if not placed.notify_alone:
+        if placed.rollup is not None:
             self._metrics.notifications_dropped.labels("rolled_up").inc()
-            rollup = self.rollups.get(placed.incident.id)
-            if rollup is None:
-                self.rollups[placed.incident.id] = Rollup(placed.incident, alert.starts_at)
+            if placed.rollup.id not in self.rollups:
+                self.rollups[placed.rollup.id] = Rollup(placed.rollup, alert.starts_at)
 
     def _resolve(self, alert: Alert) -> None:
         s, d = alert.source, alert.device

@@ -15,6 +15,7 @@ def alert_policy(cfg: Config) -> AlertPolicy:
         incident_quiet_s=a.incident_quiet_s,
         max_notified_per_incident=a.max_notified_per_incident,
         max_open_incidents=a.max_open_incidents,
+        fleet_min_zones=a.fleet_min_zones,
         inhibit=tuple((rule.source, rule.targets) for rule in a.inhibit),
         max_suppressions=a.max_suppressions,
     )

@@ -45,6 +45,7 @@ def incident_line(incident: Incident, state: IncidentState) -> str:
         f"incidents,tenant={incident.tenant},zone={incident.zone},detector={incident.group},"
         f"severity={incident.severity},state={state} incident={text(incident.id)},"
         f"alerts={incident.alerts}i,devices={len(incident.devices)}i,"
+        f"zones={len(incident.zones)}i,fleet={text(incident.fleet)},"
         f"summary={text(incident.summary)} {_ms(ts)}"
     )
 
