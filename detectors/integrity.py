@@ -22,6 +22,7 @@ The first finding raises (with its evidence); `clear_after` clean records in a r
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 
 from pydantic import Field, field_validator
@@ -90,17 +91,6 @@ class IntegrityParams(DetectorParams):
         return v
 
 
-class _Run:
-    """One stuck-watched metric of one device: its last value, run length and changes."""
-
-    __slots__ = ("changes", "run", "value")
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-        self.run = 1
-        self.changes = 0
-
-
 class _Device:
     __slots__ = ("clean", "firing", "last_ts", "max_seq", "reports", "runs", "skew")
 
@@ -111,7 +101,10 @@ class _Device:
         self.reports = 0  # reports in the skew average
         self.firing = False
         self.clean = 0
-        self.runs: dict[str, _Run] = {}
+        # Per stuck-watched metric, in `stuck_metrics` order: its last value (NaN: not seen
+        # yet), run length and changes, flat in one float array: a dict of small objects
+        # cost ~400 bytes per camera.
+        self.runs: array[float] | None = None
 
 
 Finding = dict[str, EvidenceValue]
@@ -127,7 +120,6 @@ class Integrity(Detector):
             raise TypeError("Integrity needs IntegrityParams")
         super().__init__(params)
         self._bounds = {**(DEFAULT_BOUNDS if params.default_bounds else {}), **params.bounds}
-        self._stuck = frozenset(params.stuck_metrics)
         self.devices_: dict[DeviceRef, _Device] = {}
         self.clock_ = StreamClock()
 
@@ -184,29 +176,31 @@ class Integrity(Detector):
                 finding.update(expected_low=limits[0], expected_high=limits[1])
                 finding["baseline"] = "physical bounds"
                 return finding
-        if self._stuck:
+        if self.params.stuck_metrics:
             return self._stuck_values(record, state)
         return {}
 
     def _stuck_values(self, record: Record, state: _Device) -> Finding:
         p = self.params
         finding: Finding = {}
-        for name in self._stuck:
+        runs = state.runs
+        for i, name in enumerate(p.stuck_metrics):
             value = record.metrics.get(name)
             if value is None or math.isnan(value):
                 continue
-            run = state.runs.get(name)
-            if run is None:
-                state.runs[name] = _Run(value)
-                continue
-            if value == run.value:
-                run.run += 1
+            if runs is None or len(runs) != 3 * len(p.stuck_metrics):  # new, or reconfigured
+                runs = state.runs = array("d", [math.nan, 0.0, 0.0] * len(p.stuck_metrics))
+            at = 3 * i
+            if value == runs[at]:
+                runs[at + 1] += 1
             else:
-                run.value, run.run = value, 1
-                run.changes += 1
-            if not finding and run.run >= p.stuck_after and run.changes >= p.stuck_min_changes:
+                if not math.isnan(runs[at]):
+                    runs[at + 2] += 1
+                runs[at], runs[at + 1] = value, 1
+            reports, changes = int(runs[at + 1]), int(runs[at + 2])
+            if not finding and reports >= p.stuck_after and changes >= p.stuck_min_changes:
                 finding = {"check": "stuck value", "metric": name, "value": value}
-                finding.update(reports=run.run, changes_before=run.changes)
+                finding.update(reports=reports, changes_before=changes)
         return finding
 
     def _skew(self, record: Record, state: _Device, now: float) -> Finding:

@@ -1,14 +1,16 @@
 """Plain, JSON-able detector state: encode learned attributes, decode them back, never pickle.
 
 A saved state is data an attacker may have written (a file on disk, a message), so decoding
-creates nothing but builtins, `DeviceRef`, `deque` and instances of plain slotted classes that
-live in the `detectors` package itself; it never imports a module that is not loaded already.
+creates nothing but builtins, `DeviceRef`, `deque`, float arrays and instances of plain slotted
+classes that live in the `detectors` package itself; it never imports a module that is not
+loaded already.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from array import array
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +36,8 @@ def encode(value: Any) -> JSON:
         return {"$device": list(value)}
     if isinstance(value, deque):
         return {"$deque": [encode(v) for v in value], "maxlen": value.maxlen}
+    if isinstance(value, array) and value.typecode == "d":
+        return {"$floats": [encode(v) for v in value]}
     if isinstance(value, tuple):
         return {"$tuple": [encode(v) for v in value]}
     if isinstance(value, list):
@@ -64,6 +68,11 @@ def decode(data: JSON) -> Any:
         return deque((decode(v) for v in data["$deque"]), maxlen=data.get("maxlen"))
     if "$tuple" in data:
         return tuple(decode(v) for v in data["$tuple"])
+    if "$floats" in data:
+        values = [decode(v) for v in data["$floats"]]
+        if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in values):
+            raise StateError("a float array holds something else than numbers")
+        return array("d", values)
     if "$map" in data:
         return {_hashable(decode(k)): decode(v) for k, v in data["$map"]}
     if "$obj" in data:

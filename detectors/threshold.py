@@ -41,15 +41,15 @@ def _more_extreme(op: str, a: float, b: float) -> float:
 
 
 class _DeviceState:
-    """Run lengths of one device; `firing` flips only after a full run."""
+    """A firing device: its run lengths and the most extreme value of the episode. It clears
+    only after a full run of `clear_after` points back within the line."""
 
-    __slots__ = ("breaching", "clearing", "firing", "peak")
+    __slots__ = ("breaching", "clearing", "peak")
 
-    def __init__(self) -> None:
-        self.breaching = 0
+    def __init__(self, breaching: int, peak: float) -> None:
+        self.breaching = breaching
         self.clearing = 0
-        self.firing = False
-        self.peak = 0.0
+        self.peak = peak
 
 
 @register("threshold")
@@ -61,7 +61,10 @@ class ThresholdRule(Detector):
         if not isinstance(params, ThresholdParams):
             raise TypeError("ThresholdRule needs ThresholdParams")
         super().__init__(params)
-        self.state_: dict[DeviceRef, _DeviceState] = {}
+        # A device past the line but not raised yet is only its run length, an int (small
+        # ints are shared: no object per device); a firing one has a _DeviceState; a quiet
+        # one has nothing.
+        self.state_: dict[DeviceRef, int | _DeviceState] = {}
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
         p = self.params
@@ -73,27 +76,27 @@ class ThresholdRule(Detector):
             if value is None:
                 continue
             state = self.state_.get(record.device)
-            if state is None:
-                state = self.state_[record.device] = _DeviceState()
             if crosses(value, line):
-                state.clearing = 0
-                state.breaching += 1
-                if state.firing:
+                if isinstance(state, _DeviceState):
+                    state.clearing = 0
+                    state.breaching += 1
                     state.peak = _more_extreme(p.op, state.peak, value)
-                elif state.breaching >= p.raise_after:
-                    state.firing = True
-                    state.peak = value
-                    changes.append(self._transition(record, value, state, firing=True))
-            else:
+                    continue
+                run = (state or 0) + 1
+                if run < p.raise_after:
+                    self.state_[record.device] = run
+                    continue
+                raised = self.state_[record.device] = _DeviceState(run, value)
+                changes.append(self._transition(record, value, raised, firing=True))
+            elif isinstance(state, _DeviceState):
                 state.breaching = 0
-                if state.firing:
-                    state.clearing += 1
-                    if state.clearing >= p.clear_after:
-                        state.firing = False
-                        changes.append(self._transition(record, value, state, firing=False))
-                else:
-                    # A quiet device needs no state: dropping it keeps memory bounded.
+                state.clearing += 1
+                if state.clearing >= p.clear_after:
+                    changes.append(self._transition(record, value, state, firing=False))
                     del self.state_[record.device]
+            elif state is not None:
+                # A quiet device needs no state: dropping it keeps memory bounded.
+                del self.state_[record.device]
         return changes
 
     def _transition(

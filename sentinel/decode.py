@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -208,7 +209,9 @@ class Decoder:
         tenant, zone = levels.get("tenant", "default"), levels.get("zone", "default")
         if not _TENANT.fullmatch(tenant) or not _ZONE.fullmatch(zone):
             raise _Reject(Reason.BAD_TOPIC, "tenant or zone has forbidden characters or length")
-        return DeviceRef(tenant, zone, kind, device_id)
+        # Interned: every per-device state is keyed by a DeviceRef, and a fresh copy of the
+        # same tenant, zone and kind text in each would cost ~150 bytes per device.
+        return DeviceRef(sys.intern(tenant), sys.intern(zone), sys.intern(kind), device_id)
 
     def _check_time(self, ts: float, now: float) -> None:
         if ts > now + self.rules.max_future_s:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
+import pytest
 
 from detectors import registry
+from detectors import state as state_codec
 from detectors.base import Detector
 from detectors.model import DeviceRef, Record, Transition
 
@@ -142,3 +146,11 @@ def test_a_device_joining_and_leaving_the_zone_does_not_move_its_peers() -> None
     # Taking every present device as a peer at once, the rogue's coming and going moves the
     # median: this is what `peer_after` is for.
     assert [t for t in alerts(peer_after=0) if t.ts >= joined] != []
+
+
+def test_a_saved_history_holding_anything_but_numbers_is_refused() -> None:
+    """A state file is attacker-writable: its float arrays decode to numbers or not at all."""
+    assert state_codec.decode(state_codec.encode(array("d", [1.0, 2.5]))) == array("d", [1, 2.5])
+    for bad in (["1.0"], [True], [{"$device": ["a", "b", "c", "d"]}]):
+        with pytest.raises(state_codec.StateError, match="float array"):
+            state_codec.decode({"$floats": bad})
