@@ -377,14 +377,18 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative `*_file` and `path` values are relative to the config file, not the cwd."""
-    for section in data.values():
-        if not isinstance(section, dict):
-            continue
-        for key, value in section.items():
+    """Relative `*_file`, `*_dir` and `path` values are relative to the config file, not the
+    cwd: in every section, and in each detector's `params` (a model_dir, an inventory_file)."""
+    tables = [section for section in data.values() if isinstance(section, dict)]
+    detectors = data.get("detectors")
+    for detector in detectors if isinstance(detectors, list) else []:
+        if isinstance(detector, dict) and isinstance(detector.get("params"), dict):
+            tables.append(detector["params"])
+    for table in tables:
+        for key, value in table.items():
             if (key.endswith(("_file", "_dir")) or key == "path") and isinstance(value, str):
                 p = Path(value)
-                section[key] = str(p if p.is_absolute() else base / p)
+                table[key] = str(p if p.is_absolute() else base / p)
 
 
 def load_config(path: Path | None) -> Config:

@@ -83,3 +83,26 @@ def test_secrets_come_from_files_and_never_show(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, "[mqtt]\npassword = 'inline-secret'\n"))
     assert "inline-secret" not in repr(cfg)
     assert cfg.mqtt.secret() == "inline-secret"
+
+
+def test_paths_in_detector_params_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = """
+[validation]
+kinds = ["video"]
+[[detectors]]
+name = "rogue"
+type = "inventory"
+kinds = ["video"]
+[detectors.params]
+inventory_file = "fleet/devices.txt"
+[[detectors]]
+name = "models"
+type = "inventory"
+kinds = ["video"]
+[detectors.params]
+inventory_file = "/etc/sentinel/devices.txt"
+"""
+    cfg = load_config(write(tmp_path, text))
+    relative, absolute = (d.params["inventory_file"] for d in cfg.detectors)
+    assert relative == str(tmp_path / "fleet" / "devices.txt")
+    assert absolute == "/etc/sentinel/devices.txt"
