@@ -71,6 +71,7 @@ _MAX_SEQ = 2**63 - 1
 INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash"})
 MAX_INFO_ENTRIES = 8
 _INFO_VALUE = re.compile(r"[\x20-\x7e]{1,64}")
+_MAX_KNOWN_METRICS = 4096
 # Command payloads: a name, optional sender, and a few numeric arguments.
 _COMMAND_RESERVED = frozenset({"cmd", "ts", "client_id", "device_id", "seq"})
 MAX_COMMAND_ARGS = 16
@@ -139,6 +140,11 @@ def _number(name: str, value: Any) -> float:
     return number
 
 
+def _printable_ascii(text: str) -> bool:
+    """`_INFO_VALUE.fullmatch(text)`, with str methods: several times faster, on every report."""
+    return 0 < len(text) <= 64 and text.isascii() and text.isprintable()
+
+
 def _info(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
@@ -148,7 +154,7 @@ def _info(raw: Any) -> dict[str, str]:
     for key, value in raw.items():
         if key not in INFO_KEYS:
             continue  # unknown keys are ignored, like unknown top-level keys
-        if not isinstance(value, str) or not _INFO_VALUE.fullmatch(value):
+        if not isinstance(value, str) or not _printable_ascii(value):
             raise _Reject(Reason.BAD_INFO, f"info.{key} must be 1-64 printable ASCII characters")
         out[key] = value
     return out
@@ -172,6 +178,9 @@ class Decoder:
         self.status = status
         self.command = command
         self._kinds = frozenset(rules.kinds)
+        # Metric names already checked: the pattern runs once per name, not once per value.
+        # Bounded: past the cap (invented names), new names are checked every time.
+        self._metric_names: set[str] = set()
 
     def decode(
         self, topic: str, payload: bytes, now: float
@@ -241,10 +250,19 @@ class Decoder:
             raise _Reject(Reason.NO_METRICS, "metrics must be a non-empty object")
         if len(raw) > self.rules.max_metrics:
             raise _Reject(Reason.TOO_MANY_METRICS, f"{len(raw)} metrics")
+        known = self._metric_names
         out: dict[str, float] = {}
         for name, value in raw.items():
-            if not _METRIC.fullmatch(name):
-                raise _Reject(Reason.BAD_METRIC_NAME, "metric name has forbidden characters")
+            # The common case, inline: a known name and a finite float (x - x is NaN for
+            # NaN and infinities).
+            if type(value) is float and name in known and value - value == 0.0:
+                out[name] = value
+                continue
+            if name not in known:
+                if not _METRIC.fullmatch(name):
+                    raise _Reject(Reason.BAD_METRIC_NAME, "metric name has forbidden characters")
+                if len(known) < _MAX_KNOWN_METRICS:
+                    known.add(name)
             out[name] = _number(f"metric {name}", value)
         return out
 

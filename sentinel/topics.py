@@ -16,6 +16,7 @@ class TopicPattern:
     template: str
     levels: tuple[str, ...]
     slots: tuple[tuple[int, str], ...]  # (level index, placeholder name)
+    names: tuple[str | None, ...] = ()  # per level: its placeholder, or None for fixed text
 
     @classmethod
     def parse(cls, template: str) -> TopicPattern:
@@ -32,7 +33,8 @@ class TopicPattern:
         found = [name for _, name in slots]
         if len(set(found)) != len(found):
             raise ValueError(f"a placeholder appears twice in topic {template!r}")
-        return cls(template, levels, tuple(slots))
+        names = dict(slots)
+        return cls(template, levels, tuple(slots), tuple(names.get(i) for i in range(len(levels))))
 
     @property
     def placeholders(self) -> frozenset[str]:
@@ -50,10 +52,8 @@ class TopicPattern:
         parts = topic.split("/")
         if len(parts) != len(self.levels):
             return None
-        slot_names = dict(self.slots)
         out: dict[str, str] = {}
-        for i, (part, level) in enumerate(zip(parts, self.levels, strict=True)):
-            name = slot_names.get(i)
+        for part, level, name in zip(parts, self.levels, self.names, strict=True):
             if name is not None:
                 out[name] = part
             elif part != level:

@@ -187,6 +187,7 @@ def test_info_keeps_the_known_keys_only(decoder: Decoder) -> None:
         {"firmware": 5.7},
         {"src_ip": "10.0.0.1\n"},
         {"config_hash": "caf\u00e9"},
+        {"client_id": "del\x7f"},
     ],
 )
 def test_malformed_info_rejects_the_message(decoder: Decoder, info: object) -> None:
@@ -326,3 +327,25 @@ def test_garbage_never_buys_the_slow_parser() -> None:
     big = DECODER.decode(TOPIC, b'{"ts": %d, "metrics": {"a": %s}}' % (NOW, b"1" * 25), NOW)
     assert isinstance(big, Record)
     assert big.metrics["a"] == float("1" * 25)
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_known_metric_name_does_not_let_a_non_finite_value_through(raw: bytes) -> None:
+    decoder = Decoder(ValidationConfig(), DECODER.telemetry, DECODER.status)
+    assert isinstance(decoder.decode(TOPIC, body(metrics={"fps": 25.0}), NOW), Record)
+    payload = b'{"ts": %d, "metrics": {"fps": %s}}' % (NOW, raw)
+    out = decoder.decode(TOPIC, payload, NOW)
+    assert isinstance(out, Rejection)
+    assert out.reason == Reason.NON_FINITE
+
+
+def test_invented_metric_names_do_not_grow_the_decoder() -> None:
+    """Checked names are remembered to skip the pattern, up to a cap: an attacker inventing
+    names cannot grow it, and every name past the cap is still checked."""
+    decoder = Decoder(ValidationConfig(), DECODER.telemetry, DECODER.status)
+    for i in range(5000):
+        assert isinstance(decoder.decode(TOPIC, body(metrics={f"m{i}": 1.0}), NOW), Record)
+    assert len(decoder._metric_names) == 4096
+    bad = decoder.decode(TOPIC, body(metrics={"Bad-Name": 1.0}), NOW)
+    assert isinstance(bad, Rejection)
+    assert bad.reason == Reason.BAD_METRIC_NAME
