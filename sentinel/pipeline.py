@@ -39,7 +39,7 @@ class Pipeline:
         self,
         *,
         decoder: Decoder,
-        store: LineSink,
+        store: LineSink | None,
         engine: Engine,
         book: AlertBook,
         notifiers: Sequence[AlertNotifier],
@@ -48,6 +48,7 @@ class Pipeline:
         max_devices: int,
     ) -> None:
         self.decoder = decoder
+        # None: nothing is stored, and no line protocol is formatted (eval keeps no points).
         self.store = store
         self.engine = engine
         self.book = book
@@ -104,9 +105,8 @@ class Pipeline:
         """Store and score records that are already valid: decoded telemetry, or features
         derived from traffic (sentinel.traffic) that enter the engine like any telemetry."""
         # Store before scoring: a detector failure must not cost the data.
-        lines = lines_for([*records, *statuses, *commands])
-        if lines:
-            await self.store.put(lines)
+        if self.store is not None and (records or statuses or commands):
+            await self.store.put(lines_for([*records, *statuses, *commands]))
         changed: list[Alert] = []
         for source, transitions in self.engine.process(records, commands):
             changed += self.book.apply(source, transitions)
@@ -125,9 +125,9 @@ class Pipeline:
 
         `now` (device or simulated time) closes the incidents that went quiet."""
         incidents = self.book.tick(now) if now is not None else []
-        lines = [alert_line(a) for a in changed]
-        lines += [incident_line(incident, state) for incident, state in incidents]
-        if lines:
+        if self.store is not None and (changed or incidents):
+            lines = [alert_line(a) for a in changed]
+            lines += [incident_line(incident, state) for incident, state in incidents]
             await self.store.put(lines)
         if changed or incidents:
             notices = self.book.notices(changed)
@@ -138,10 +138,10 @@ class Pipeline:
         lines = []
         for sample in samples:
             self.metrics.detector_score.labels(sample.detector).observe(sample.score)
-            line = score_line(sample)
+            line = score_line(sample) if self.store is not None else None
             if line is not None:
                 lines.append(line)
-        if lines:
+        if self.store is not None and lines:
             await self.store.put(lines)
 
     def _count(

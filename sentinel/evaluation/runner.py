@@ -55,21 +55,11 @@ Progress = Callable[[int], None]
 _PROGRESS_EVERY = 20_000
 
 
-class _NullStore:
-    """Eval stores nothing: the points are counted, as the offline demo does."""
-
-    def __init__(self) -> None:
-        self.lines = 0
-
-    async def put(self, lines: list[str]) -> None:
-        self.lines += len(lines)
-
-
 def build_pipeline(cfg: Config) -> Pipeline:
     metrics = Metrics()
     return Pipeline(
         decoder=build_decoder(cfg),
-        store=_NullStore(),
+        store=None,  # eval keeps no points: no line protocol is even formatted
         engine=Engine(build_instances(cfg.detectors)),
         book=build_book(cfg, metrics),
         notifiers=[],
