@@ -72,6 +72,7 @@ INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash"})
 MAX_INFO_ENTRIES = 8
 _INFO_VALUE = re.compile(r"[\x20-\x7e]{1,64}")
 _MAX_KNOWN_METRICS = 4096
+_INT64 = 1 << 63
 # Command payloads: a name, optional sender, and a few numeric arguments.
 _COMMAND_RESERVED = frozenset({"cmd", "ts", "client_id", "device_id", "seq"})
 MAX_COMMAND_ARGS = 16
@@ -253,11 +254,16 @@ class Decoder:
         known = self._metric_names
         out: dict[str, float] = {}
         for name, value in raw.items():
-            # The common case, inline: a known name and a finite float (x - x is NaN for
-            # NaN and infinities).
-            if type(value) is float and name in known and value - value == 0.0:
-                out[name] = value
-                continue
+            # The common cases, inline: a known name and a finite float (x - x is NaN for
+            # NaN and infinities) or an integer within 64 bits (what orjson gives).
+            if name in known:
+                kind = type(value)
+                if kind is float and value - value == 0.0:
+                    out[name] = value
+                    continue
+                if kind is int and -_INT64 <= value < _INT64:
+                    out[name] = float(value)
+                    continue
             if name not in known:
                 if not _METRIC.fullmatch(name):
                     raise _Reject(Reason.BAD_METRIC_NAME, "metric name has forbidden characters")
