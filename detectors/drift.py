@@ -81,10 +81,11 @@ class _Device:
         self.window = -1  # the window index being accumulated
         self.total = 0.0
         self.n = 0
-        # Flat (window end, x, weight) triples, oldest first; weight is the window's precision
-        # (1.0 unless `counts`). A float array: 24 bytes a window, where a deque of tuples
-        # cost ~136 and ~600 empty (per device, per drift detector).
-        self.history = array("d")
+        # Flat (window, x, weight) triples, oldest first, the window counted from `first`;
+        # weight is the window's precision (1.0 unless `counts`). Single-precision floats
+        # (exact for window counts below 2**24): a full history is ~390 bytes per device
+        # and drift detector, where a deque of tuples cost ~3,900.
+        self.history = array("f")
         self.firing = ""  # "", "jump" or "slope"
         self.flagged = 0  # flagged windows in a row
         self.normal = 0  # unflagged windows in a row while firing
@@ -225,11 +226,15 @@ class PeerDrift(Detector):
         )
         return Transition(ref, True, end, summary, evidence)
 
+    def _offset(self, state: _Device, end: float) -> int:
+        """The window ending at `end`, counted from the device's first window."""
+        return round(end / self.params.window_s) - 1 - state.first
+
     def _remember(self, state: _Device, end: float, x: float, weight: float) -> None:
         """Append a window to the device's history, keeping the last `history` (or
         `slope_windows`) of them."""
         keep = 3 * max(self.params.history, self.params.slope_windows)
-        state.history.extend((end, x, weight))
+        state.history.extend((self._offset(state, end), x, weight))
         if len(state.history) > keep:
             del state.history[: len(state.history) - keep]
 
@@ -263,10 +268,11 @@ class PeerDrift(Detector):
         if "slope" not in p.checks:
             return None
         past = state.history[-3 * (p.slope_windows - 1) :]
-        points = [*zip(past[0::3], past[1::3], past[2::3], strict=True), (end, *point)]
+        now = self._offset(state, end)
+        points = [*zip(past[0::3], past[1::3], past[2::3], strict=True), (now, *point)]
         if len(points) < max(p.min_history, 3):
             return None
-        t = [(ts - end) / 3600.0 for ts, _, _ in points]
+        t = [(k - now) * p.window_s / 3600.0 for k, _, _ in points]
         y = [v for _, v, _ in points]
         w = [u for _, _, u in points]
         sw = sum(w)

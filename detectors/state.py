@@ -18,6 +18,7 @@ from typing import Any
 from detectors.model import DeviceRef
 
 STATE_FORMAT = 1
+_FLOAT_CODES = ("d", "f")  # double and single precision float arrays
 
 JSON = Any  # what json.dumps accepts: None, bool, int, float (finite), str, list, dict[str, ...]
 
@@ -36,8 +37,8 @@ def encode(value: Any) -> JSON:
         return {"$device": list(value)}
     if isinstance(value, deque):
         return {"$deque": [encode(v) for v in value], "maxlen": value.maxlen}
-    if isinstance(value, array) and value.typecode == "d":
-        return {"$floats": [encode(v) for v in value]}
+    if isinstance(value, array) and value.typecode in _FLOAT_CODES:
+        return {"$floats": [encode(v) for v in value], "typecode": value.typecode}
     if isinstance(value, tuple):
         return {"$tuple": [encode(v) for v in value]}
     if isinstance(value, list):
@@ -72,7 +73,10 @@ def decode(data: JSON) -> Any:
         values = [decode(v) for v in data["$floats"]]
         if not all(isinstance(v, float | int) and not isinstance(v, bool) for v in values):
             raise StateError("a float array holds something else than numbers")
-        return array("d", values)
+        code = data.get("typecode", "d")
+        if code not in _FLOAT_CODES:
+            raise StateError(f"a float array of an unknown type {str(code)[:8]!r}")
+        return array(code, values)
     if "$map" in data:
         return {_hashable(decode(k)): decode(v) for k, v in data["$map"]}
     if "$obj" in data:

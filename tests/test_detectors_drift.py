@@ -150,7 +150,11 @@ def test_a_device_joining_and_leaving_the_zone_does_not_move_its_peers() -> None
 
 def test_a_saved_history_holding_anything_but_numbers_is_refused() -> None:
     """A state file is attacker-writable: its float arrays decode to numbers or not at all."""
-    assert state_codec.decode(state_codec.encode(array("d", [1.0, 2.5]))) == array("d", [1, 2.5])
+    for code in ("d", "f"):
+        saved = state_codec.encode(array(code, [1.0, 2.5]))
+        assert state_codec.decode(saved) == array(code, [1, 2.5])
     for bad in (["1.0"], [True], [{"$device": ["a", "b", "c", "d"]}]):
         with pytest.raises(state_codec.StateError, match="float array"):
             state_codec.decode({"$floats": bad})
+    with pytest.raises(state_codec.StateError, match="float array"):
+        state_codec.decode({"$floats": [1.0], "typecode": "q"})
