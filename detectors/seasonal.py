@@ -5,15 +5,19 @@ For every configured metric of every device, three robust baselines, all bounded
 - **recent**: median and MAD of the last `recent_size` values (a ring buffer);
 - **season**: one bucket per hour of the day or of the week (`bucket_minutes` wide), each an
   exponentially weighted, clipped (Huber-like) location and absolute deviation, so one odd
-  night does not move it far;
-- **range**: the lowest and highest values ever seen.
+  night does not move it far. With `day_fallback` (hour of the week only), an hour-of-day
+  profile is learned too and used while a weekly bucket has seen fewer than
+  `season_min_points` values: a week-aware profile without weeks of blindness first;
+- **range**: the lowest and highest values ever seen, or with `range_points` in about the last
+  `range_points` values (kept as 16 blocks of extremes, so an old outlier stops masking a new
+  one).
 
 A value's distance to the recent and seasonal baselines, in robust scales (never below
 `range_floor` of the observed range nor `relative_floor` of the level), goes through a
 calibration per baseline: the average of the last `smoothing` log-distances is compared with
 its own long-run mean and spread, and the Gaussian tail probability becomes a score in [0, 1]
 (0.5 is a one-in-100,000 tail). So the same threshold fits a quiet sensor and a noisy one. A
-value beyond the range ever seen, by `new_extreme_margin` of it, scores 1.
+value beyond the range, by `new_extreme_margin` of it, scores 1.
 
 The decision: a point is flagged when its score reaches `threshold` and it is at least
 `absolute_floor[metric]` away from what was expected (an absolute floor under the relative
@@ -56,6 +60,7 @@ _MAD_TO_SIGMA = 1.4826
 _MEAN_ABS_TO_SIGMA = 1.2533
 _CLIP = 3.0  # seasonal updates are clipped at this many scales
 _LOG_EPS = 1e-10  # score = log(tail) / log(1e-10), so 1.0 is a one-in-ten-billion tail
+_RANGE_BLOCKS = 16  # `range_points` is tracked as this many blocks of extremes
 
 
 class SeasonalParams(DetectorParams):
@@ -63,6 +68,7 @@ class SeasonalParams(DetectorParams):
     season: Season = "hour_of_day"
     bucket_minutes: int = Field(default=60, ge=1, le=1440)
     utc_offset_minutes: int = Field(default=0, ge=-720, le=840)
+    day_fallback: bool = False
     season_alpha: float = Field(default=0.05, gt=0, le=1)
     season_min_points: int = Field(default=24, ge=1)
     recent_size: int = Field(default=128, ge=8, le=4096)
@@ -76,6 +82,7 @@ class SeasonalParams(DetectorParams):
     relative_floor: float = Field(default=0.0, ge=0)
     absolute_floor: dict[str, float] = Field(default_factory=dict)
     new_extreme_margin: float | None = Field(default=0.02, ge=0)
+    range_points: int | None = Field(default=None, ge=_RANGE_BLOCKS, le=10_000_000)
     threshold: float = Field(default=0.5, gt=0, le=1)
     quiet_seconds: float = Field(default=4 * 3600, ge=0)
     clear_after: int = Field(default=3, ge=1)
@@ -95,6 +102,8 @@ class SeasonalParams(DetectorParams):
             raise ValueError(
                 f"bucket_minutes={self.bucket_minutes} does not divide a {self.season}"
             )
+        if self.day_fallback and (self.season != "hour_of_week" or 1440 % self.bucket_minutes):
+            raise ValueError("day_fallback needs season hour_of_week with buckets dividing a day")
         unknown = set(self.absolute_floor) - set(self.metrics)
         if unknown:
             raise ValueError(f"absolute_floor names metrics not in metrics: {sorted(unknown)}")
@@ -104,6 +113,11 @@ class SeasonalParams(DetectorParams):
     def buckets(self) -> int:
         period = _PERIOD[self.season]
         return period // (self.bucket_minutes * 60) if period else 0
+
+    @property
+    def slots(self) -> int:
+        """Seasonal profile entries: the buckets, then with `day_fallback` one per time of day."""
+        return self.buckets + (1440 // self.bucket_minutes if self.day_fallback else 0)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -167,6 +181,9 @@ class _Eval:
     r_recent: float | None
     r_season: float | None
     bucket: int
+    slot: int = -1  # the profile entry the seasonal score used (a bucket, or a time of day)
+    lo: float = math.inf  # the range the new-extreme rule compared the value with
+    hi: float = -math.inf
 
 
 class _Series:
@@ -176,6 +193,7 @@ class _Series:
         "b_dev",
         "b_mean",
         "b_n",
+        "blocks",
         "cal_recent",
         "cal_season",
         "cal_spike",
@@ -192,12 +210,14 @@ class _Series:
 
     def __init__(self, p: SeasonalParams) -> None:
         self.recent: deque[float] = deque(maxlen=p.recent_size)
-        n = p.buckets
+        n = p.slots
         self.b_mean = [0.0] * n
         self.b_dev = [0.0] * n
         self.b_n = [0] * n
         self.lo = math.inf
         self.hi = -math.inf
+        # With `range_points`: [count, low, high] of the last blocks of points, oldest first.
+        self.blocks: deque[list[float]] = deque(maxlen=_RANGE_BLOCKS + 1)
         self.cal_recent = _Calibrator(p.smoothing)
         self.cal_season = _Calibrator(p.season_smoothing)
         self.cal_spike = _Calibrator(1)
@@ -223,21 +243,30 @@ class _Series:
         if p.spike_channel:
             s_recent = max(s_recent, self.cal_spike.score(r_recent, p.calibration_warmup))
         best = _Eval(s_recent, "recent", m, scale, r_recent, None, bucket)
-        if bucket >= 0 and self.b_n[bucket] >= p.season_min_points:
-            center = self.b_mean[bucket]
-            s_scale = max(_MEAN_ABS_TO_SIGMA * self.b_dev[bucket], floor)
+        slot = self._profile_slot(p, bucket)
+        if slot >= 0:
+            best.slot = slot
+            center = self.b_mean[slot]
+            s_scale = max(_MEAN_ABS_TO_SIGMA * self.b_dev[slot], floor)
             best.r_season = r_season = math.log1p(abs(x - center) / s_scale)
             s = self.cal_season.score(r_season, p.calibration_warmup)
             if p.spike_channel:
                 s = max(s, self.cal_spike_season.score(r_season, p.calibration_warmup))
             if s > best.score:
                 best.score, best.baseline, best.expected, best.scale = s, "season", center, s_scale
+        best.lo, best.hi = self.extremes(p)
         margin = p.new_extreme_margin
-        if margin is not None and self.hi > self.lo:
-            reach = margin * (self.hi - self.lo)
-            if x > self.hi + reach or x < self.lo - reach:
+        if margin is not None and best.hi > best.lo:
+            reach = margin * (best.hi - best.lo)
+            if x > best.hi + reach or x < best.lo - reach:
                 best.score, best.baseline = 1.0, "range"
         return best
+
+    def extremes(self, p: SeasonalParams) -> tuple[float, float]:
+        """Lowest and highest values ever seen, or in about the last `range_points`."""
+        if p.range_points is None or not self.blocks:
+            return self.lo, self.hi
+        return min(b[1] for b in self.blocks), max(b[2] for b in self.blocks)
 
     # -- learning -------------------------------------------------------------------------
     def learn(self, p: SeasonalParams, ev: _Eval, x: float, *, baseline: bool) -> None:
@@ -251,12 +280,29 @@ class _Series:
                 self.cal_spike_season.learn(ev.r_season, p.calibration_alpha)
         self.lo = min(self.lo, x)
         self.hi = max(self.hi, x)
+        if p.range_points is not None:
+            self._learn_block(-(-p.range_points // _RANGE_BLOCKS), x)
         if not baseline:
             return
         self.recent.append(x)
-        b = ev.bucket
-        if b < 0:
+        if ev.bucket < 0:
             return
+        self._learn_slot(p, ev.bucket, x)
+        if p.day_fallback:
+            self._learn_slot(p, _day_slot(p, ev.bucket), x)
+
+    def _profile_slot(self, p: SeasonalParams, bucket: int) -> int:
+        """The seasonal entry to score against: the bucket once it has learned enough, else
+        (`day_fallback`) the same time of day on any day; -1 if neither has."""
+        if bucket < 0:
+            return -1
+        if self.b_n[bucket] >= p.season_min_points:
+            return bucket
+        if p.day_fallback and self.b_n[day := _day_slot(p, bucket)] >= p.season_min_points:
+            return day
+        return -1
+
+    def _learn_slot(self, p: SeasonalParams, b: int, x: float) -> None:
         n = self.b_n[b]
         if n == 0:
             self.b_mean[b], self.b_dev[b] = x, 0.0
@@ -269,6 +315,15 @@ class _Series:
             self.b_dev[b] = dev + a * (abs(x - mean) - dev)
             self.b_mean[b] = mean + a * (x - mean)
         self.b_n[b] = min(n + 1, 1_000_000)
+
+    def _learn_block(self, size: int, x: float) -> None:
+        """Extend the newest block of `size` points, or start one; the oldest then drops off."""
+        last = self.blocks[-1] if self.blocks else None
+        if last is None or last[0] >= size:
+            self.blocks.append([1.0, x, x])
+        else:
+            last[0] += 1.0
+            last[1], last[2] = min(last[1], x), max(last[2], x)
 
     def adopt(self, p: SeasonalParams) -> float:
         """Take the last run of flagged values as the new normal; return the level change."""
@@ -295,6 +350,7 @@ class _Series:
             "b_n": self.b_n,
             "lo": enc(self.lo),
             "hi": enc(self.hi),
+            "blocks": [list(b) for b in self.blocks],
             "cal_recent": self.cal_recent.to_dict(),
             "cal_season": self.cal_season.to_dict(),
             "cal_spike": self.cal_spike.to_dict(),
@@ -311,12 +367,14 @@ class _Series:
         dec = state_codec.decode
         s = cls(p)
         s.recent.extend(float(v) for v in d["recent"])
-        if len(d["b_n"]) != p.buckets:
-            raise state_codec.StateError(f"state has {len(d['b_n'])} buckets, not {p.buckets}")
+        if len(d["b_n"]) != p.slots:
+            raise state_codec.StateError(f"state has {len(d['b_n'])} buckets, not {p.slots}")
         s.b_mean = [float(v) for v in d["b_mean"]]
         s.b_dev = [float(v) for v in d["b_dev"]]
         s.b_n = [int(v) for v in d["b_n"]]
         s.lo, s.hi = float(dec(d["lo"])), float(dec(d["hi"]))
+        # A state saved before `range_points` existed has no blocks: they refill.
+        s.blocks.extend([float(v) for v in b[:3]] for b in d.get("blocks") or [])
         s.cal_recent = _Calibrator.from_dict(d["cal_recent"], p.smoothing)
         s.cal_season = _Calibrator.from_dict(d["cal_season"], p.season_smoothing)
         s.cal_spike = _Calibrator.from_dict(d["cal_spike"], 1)
@@ -335,6 +393,12 @@ def _bucket(p: SeasonalParams, ts: float) -> int:
         return -1
     local = ts + p.utc_offset_minutes * 60 + (_MONDAY if p.season == "hour_of_week" else 0)
     return int((local % period) // (p.bucket_minutes * 60))
+
+
+def _day_slot(p: SeasonalParams, bucket: int) -> int:
+    """The hour-of-day entry after the hour-of-week buckets (bucket 0 is Monday 00:00)."""
+    per_day = 1440 // p.bucket_minutes
+    return p.buckets + bucket % per_day
 
 
 def _bucket_name(p: SeasonalParams, bucket: int) -> str:
@@ -445,7 +509,7 @@ class SeasonalBaseline(ScoringDetector):
         if flagged:
             series.clear_run = 0
             if ev.baseline == "range":
-                sign = 1 if x > series.hi else -1
+                sign = 1 if x > ev.hi else -1
             else:
                 sign = 1 if x >= ev.expected else -1
             if sign != series.shift_sign:
@@ -467,7 +531,7 @@ class SeasonalBaseline(ScoringDetector):
                     series.clear_run = 0
                     change = "clear"
         series.learn(p, ev, x, baseline=(not flagged or p.learn_flagged) and not adopted)
-        low, high = self._expected_range(series, ev)
+        low, high = self._expected_range(ev)
         return Verdict(
             device=record.device,
             ts=record.ts,
@@ -484,19 +548,24 @@ class SeasonalBaseline(ScoringDetector):
             suppressed=suppressed,
         )
 
-    def _expected_range(self, series: _Series, ev: _Eval) -> tuple[float, float]:
+    def _expected_range(self, ev: _Eval) -> tuple[float, float]:
         if ev.baseline == "range":
-            return series.lo, series.hi
+            return ev.lo, ev.hi
         half = self.params.band * ev.scale
         return ev.expected - half, ev.expected + half
 
     def _baseline_name(self, ev: _Eval) -> str:
         p = self.params
+        if ev.baseline == "season" and ev.slot >= p.buckets:  # the day fallback
+            minutes = (ev.slot - p.buckets) * p.bucket_minutes
+            return f"hour-of-day {minutes // 60:02d}:{minutes % 60:02d}"
         if ev.baseline == "season":
             return f"{p.season.replace('_', '-')} {_bucket_name(p, ev.bucket)}"
         if ev.baseline == "recent":
             return f"median of the last {p.recent_size} values"
         if ev.baseline == "range":
+            if p.range_points is not None:
+                return f"range of about the last {p.range_points} values"
             return "range ever seen"
         return "warming up"
 

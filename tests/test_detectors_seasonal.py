@@ -199,3 +199,102 @@ def test_devices_and_metrics_are_independent() -> None:
     d.decide(records)
     assert d.tracked_devices() == 2
     assert set(d.series_) == {(dev, m) for dev in (LIGHT, other) for m in ("power_w", "temp_c")}
+
+
+def flat_with_an_early_outlier(n: int = 3000) -> list[tuple[float, float]]:
+    rng = np.random.default_rng(9)
+    values = [(T0 + i * STEP, 50.0 + rng.normal(0, 1)) for i in range(n)]
+    values[100] = (values[100][0], 500.0)  # one glitch, long ago
+    return values
+
+
+def test_range_points_lets_an_old_outlier_age_out() -> None:
+    probe = [(T0 + 3000 * STEP, 200.0)]
+    ever = detector(season="none")
+    run(ever, flat_with_an_early_outlier())
+    (v,) = run(ever, probe)
+    assert v.baseline != "range ever seen"  # 200 is inside the range the glitch stretched
+    windowed = detector(season="none", range_points=1000)
+    run(windowed, flat_with_an_early_outlier())
+    (v,) = run(windowed, probe)
+    assert v.baseline == "range of about the last 1000 values"
+    assert v.score == 1.0
+    assert v.anomalous
+    assert 50.0 < v.expected_high < 60.0  # the recent range, not the glitch
+    assert v.reason == "above anything seen"
+
+
+def test_range_points_memory_is_bounded_and_survives_a_restart() -> None:
+    d = detector(season="none", range_points=160)
+    run(d, flat_with_an_early_outlier(5000))
+    series = d.series_[(LIGHT, "power_w")]
+    assert len(series.blocks) == 17  # 16 full blocks of 10 points and the one filling
+    assert sum(b[0] for b in series.blocks) <= 170
+    state = json.loads(json.dumps(d.state_dict(), allow_nan=False))
+    restored = detector(season="none", range_points=160)
+    restored.load_state(state)
+    assert restored.state_dict() == d.state_dict()
+    probe = [(T0 + 5000 * STEP + i * STEP, 58.0 - i) for i in range(5)]
+    assert [v.score for v in run(restored, probe)] == [v.score for v in run(d, probe)]
+    # A state saved before `range_points` existed (no blocks) still loads; blocks refill.
+    for row in state["learned"]["series"]:
+        del row["blocks"]
+    older = detector(season="none", range_points=160)
+    older.load_state(state)
+    assert len(older.series_[(LIGHT, "power_w")].blocks) == 0
+
+
+def office(days: float) -> list[tuple[float, float]]:
+    """Lit on weekdays 08:00-18:00 (80 W), standby otherwise, weekends included."""
+    rng = np.random.default_rng(4)
+    out = []
+    for i in range(int(days * 86_400 / STEP)):
+        ts = T0 + i * STEP
+        weekday, hour = int((ts - T0) // 86_400) % 7, (ts % 86_400) / 3600
+        lit = weekday < 5 and 8 <= hour < 18
+        out.append((ts, (80.0 if lit else 2.0) + float(rng.normal(0, 1.0))))
+    return out
+
+
+def test_day_fallback_needs_the_hour_of_week() -> None:
+    with pytest.raises(ValidationError, match="day_fallback"):
+        SeasonalParams.model_validate({"metrics": ["x"], "day_fallback": True})
+    p = SeasonalParams.model_validate(
+        {"metrics": ["x"], "season": "hour_of_week", "day_fallback": True}
+    )
+    assert (p.buckets, p.slots) == (168, 168 + 24)
+
+
+def test_day_fallback_scores_against_the_day_until_the_week_has_learned() -> None:
+    from detectors.seasonal import _bucket  # noqa: PLC0415
+
+    week_only = detector(season="hour_of_week")
+    d = detector(season="hour_of_week", day_fallback=True)
+    history_ = office(8)  # 10-minute steps: 6 values a week per weekly bucket, 24 needed
+    run(week_only, history_)
+    run(d, history_)
+    p = d.params
+    saturday_noon = T0 + 12 * 86_400 + 12 * 3600
+    bucket = _bucket(p, saturday_noon)
+    weekly = week_only.series_[(LIGHT, "power_w")]
+    assert weekly.evaluate(week_only.params, saturday_noon, 2.0).slot == -1  # no season yet
+    ev = d.series_[(LIGHT, "power_w")].evaluate(p, saturday_noon, 80.0)
+    assert ev.slot == p.buckets + 12
+    assert ev.r_season is not None
+    # Five weeks on, Saturday noon has its own bucket: standby is what is expected there.
+    run(d, office(6 * 7)[len(history_) :])
+    saturday_noon += 35 * 86_400
+    series = d.series_[(LIGHT, "power_w")]
+    ev = series.evaluate(p, saturday_noon, 2.0)
+    assert ev.slot == bucket
+    assert abs(series.b_mean[bucket] - 2.0) < 1.0
+    assert 30.0 < series.b_mean[p.buckets + 12] < 80.0  # any day at noon: a weekday mix
+    (v,) = run(d, [(saturday_noon, 80.0)])
+    assert v.anomalous
+    if v.baseline.startswith("hour-of-week"):
+        assert v.baseline == "hour-of-week Sat 12:00"
+    # The day profile is part of the state; a state without it does not fit.
+    state = json.loads(json.dumps(d.state_dict()))
+    assert len(state["learned"]["series"][0]["b_n"]) == p.slots
+    with pytest.raises(ValueError, match="buckets"):
+        detector(season="hour_of_week").load_state(state)

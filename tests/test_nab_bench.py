@@ -75,7 +75,11 @@ def test_cli_runs_the_corpus(tmp_path: Path) -> None:
     for name in corpus.names:
         assert corpus.result_path(tmp_path, "seasonal", name).is_file()
     line = next(x for x in result.output.splitlines() if x.strip().startswith("standard "))
-    assert float(line.split()[1]) > 69.0  # 69.51 reported in docs/detectors.md
+    # 72.85 reported in docs/detectors.md (the run is deterministic); numenta HTM has 70.10.
+    assert float(line.split()[1]) > 72.5
+    detected = re.search(r"standard: (\d+)/116 windows detected", result.output)
+    assert detected is not None, result.output
+    assert int(detected.group(1)) >= 97  # 98 reported
 
 
 def test_cli_rejects_a_folder_that_is_not_nab(tmp_path: Path) -> None:
