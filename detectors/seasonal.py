@@ -61,6 +61,7 @@ _MEAN_ABS_TO_SIGMA = 1.2533
 _CLIP = 3.0  # seasonal updates are clipped at this many scales
 _LOG_EPS = 1e-10  # score = log(tail) / log(1e-10), so 1.0 is a one-in-ten-billion tail
 _RANGE_BLOCKS = 16  # `range_points` is tracked as this many blocks of extremes
+_PEER_SAMPLE = 32  # peer_cold_start looks at most at this many peers of a group
 
 
 class SeasonalParams(DetectorParams):
@@ -83,6 +84,10 @@ class SeasonalParams(DetectorParams):
     absolute_floor: dict[str, float] = Field(default_factory=dict)
     new_extreme_margin: float | None = Field(default=0.02, ge=0)
     range_points: int | None = Field(default=None, ge=_RANGE_BLOCKS, le=10_000_000)
+    # A new series starts from a peer's baseline (same tenant, zone, kind and metric) when
+    # `peer_min` peers are past their warm-up: scored from its first point, not after `warmup`.
+    peer_cold_start: bool = False
+    peer_min: int = Field(default=3, ge=1, le=1000)
     threshold: float = Field(default=0.5, gt=0, le=1)
     quiet_seconds: float = Field(default=4 * 3600, ge=0)
     clear_after: int = Field(default=3, ge=1)
@@ -204,6 +209,8 @@ class _Series:
         "lo",
         "quiet_until",
         "recent",
+        "seed_left",
+        "seeded_from",
         "shift_run",
         "shift_sign",
     )
@@ -227,6 +234,8 @@ class _Series:
         self.clear_run = 0
         self.shift_run: list[float] = []
         self.shift_sign = 0
+        self.seeded_from = ""  # the peer whose baseline this series started from
+        self.seed_left = 0  # own values still to learn before the peer's are all replaced
 
     # -- scoring (pure) -------------------------------------------------------------------
     def evaluate(self, p: SeasonalParams, ts: float, x: float) -> _Eval:
@@ -285,6 +294,10 @@ class _Series:
         if not baseline:
             return
         self.recent.append(x)
+        if self.seed_left:
+            self.seed_left -= 1
+            if not self.seed_left:  # the recent baseline is all its own now
+                self.seeded_from = ""
         if ev.bucket < 0:
             return
         self._learn_slot(p, ev.bucket, x)
@@ -360,6 +373,8 @@ class _Series:
             "clear_run": self.clear_run,
             "shift_run": self.shift_run,
             "shift_sign": self.shift_sign,
+            "seeded_from": self.seeded_from,
+            "seed_left": self.seed_left,
         }
 
     @classmethod
@@ -384,7 +399,18 @@ class _Series:
         s.clear_run = int(d["clear_run"])
         s.shift_run = [float(v) for v in d["shift_run"]]
         s.shift_sign = int(d["shift_sign"])
+        s.seeded_from = str(d.get("seeded_from", ""))[:128]
+        s.seed_left = int(d.get("seed_left", 0))
         return s
+
+    def seeded(self, p: SeasonalParams, peer_id: str) -> _Series:
+        """A copy of this (a peer's) baseline for a new device: what it learned, none of its
+        episode (firing, quiet period, shift run)."""
+        copy = _Series.from_dict(p, self.to_dict())
+        copy.firing, copy.quiet_until, copy.clear_run = False, -math.inf, 0
+        copy.shift_run, copy.shift_sign = [], 0
+        copy.seeded_from, copy.seed_left = peer_id, p.recent_size
+        return copy
 
 
 def _bucket(p: SeasonalParams, ts: float) -> int:
@@ -420,6 +446,9 @@ class SeasonalBaseline(ScoringDetector):
             raise TypeError("SeasonalBaseline needs SeasonalParams")
         super().__init__(params)
         self.series_: dict[tuple[DeviceRef, str], _Series] = {}
+        # peer_cold_start: series by (tenant, zone, kind, metric), oldest first (derived from
+        # series_, rebuilt on load; not state).
+        self._peers: dict[tuple[str, str, str, str], list[tuple[DeviceRef, str]]] = {}
 
     # -- contract -------------------------------------------------------------------------
     def learn(self, records: Sequence[Record]) -> None:
@@ -456,6 +485,7 @@ class SeasonalBaseline(ScoringDetector):
     def forget(self, device_ids: set[str]) -> None:
         for key in [k for k in self.series_ if k[0].device_id in device_ids]:
             del self.series_[key]
+        self._index_peers()
 
     def state_dict(self) -> dict[str, Any]:
         rows = [
@@ -474,6 +504,7 @@ class SeasonalBaseline(ScoringDetector):
         except (KeyError, TypeError, ValueError) as exc:
             raise state_codec.StateError(f"seasonal state does not fit: {exc!r}") from None
         self.series_ = series
+        self._index_peers()
 
     # -- internals ------------------------------------------------------------------------
     def _points(self, records: Sequence[Record]) -> Iterator[tuple[Record, str, float]]:
@@ -488,8 +519,31 @@ class SeasonalBaseline(ScoringDetector):
         key = (device, metric)
         series = self.series_.get(key)
         if series is None:
-            series = self.series_[key] = _Series(self.params)
+            series = self.series_[key] = self._new_series(device, metric)
         return series
+
+    def _new_series(self, device: DeviceRef, metric: str) -> _Series:
+        p = self.params
+        if not p.peer_cold_start:
+            return _Series(p)
+        group = self._peers.setdefault((device.tenant, device.zone, device.kind, metric), [])
+        # The oldest peers past their warm-up (a bounded sample); the one whose recent median
+        # is the median of theirs lends its baseline.
+        ready = [(k, self.series_[k]) for k in group[:_PEER_SAMPLE]]
+        ready = [(k, s) for k, s in ready if len(s.recent) >= p.warmup]
+        group.append((device, metric))
+        if len(ready) < p.peer_min:
+            return _Series(p)
+        ready.sort(key=lambda ks: _median(ks[1].recent))
+        (peer, _), lender = ready[len(ready) // 2]
+        return lender.seeded(p, peer.device_id)
+
+    def _index_peers(self) -> None:
+        self._peers = {}
+        if self.params.peer_cold_start:
+            for device, metric in self.series_:
+                key = (device.tenant, device.zone, device.kind, metric)
+                self._peers.setdefault(key, []).append((device, metric))
 
     def _decide_one(
         self, series: _Series, ev: _Eval, record: Record, metric: str, x: float
@@ -542,7 +596,7 @@ class SeasonalBaseline(ScoringDetector):
             expected=ev.expected,
             expected_low=low,
             expected_high=high,
-            baseline=self._baseline_name(ev),
+            baseline=self._baseline_name(ev, series),
             reason=reason,
             change=change,
             suppressed=suppressed,
@@ -554,7 +608,13 @@ class SeasonalBaseline(ScoringDetector):
         half = self.params.band * ev.scale
         return ev.expected - half, ev.expected + half
 
-    def _baseline_name(self, ev: _Eval) -> str:
+    def _baseline_name(self, ev: _Eval, series: _Series) -> str:
+        name = self._baseline_kind(ev)
+        if series.seeded_from and ev.baseline != "warmup":
+            name += f" (cold start from peer {series.seeded_from})"
+        return name
+
+    def _baseline_kind(self, ev: _Eval) -> str:
         p = self.params
         if ev.baseline == "season" and ev.slot >= p.buckets:  # the day fallback
             minutes = (ev.slot - p.buckets) * p.bucket_minutes

@@ -298,3 +298,45 @@ def test_day_fallback_scores_against_the_day_until_the_week_has_learned() -> Non
     assert len(state["learned"]["series"][0]["b_n"]) == p.slots
     with pytest.raises(ValueError, match="buckets"):
         detector(season="hour_of_week").load_state(state)
+
+
+def zone_of_lamps(n: int, days: float = 6) -> list[Record]:
+    lamps = [DeviceRef("metropole", "centre", "lighting", f"lamp-{i}") for i in range(n)]
+    records = [
+        Record(dev, ts, {"power_w": v})
+        for k, dev in enumerate(lamps)
+        for ts, v in history(days, seed=10 + k)
+    ]
+    return sorted(records, key=lambda r: r.ts)
+
+
+@pytest.mark.parametrize("cold_start", [True, False])
+def test_a_new_device_starts_from_a_peers_baseline(cold_start: bool) -> None:
+    """A lamp that joins a zone of five learned lamps and burns at noon is flagged at once
+    when `peer_cold_start` is on; otherwise it warms up on its own values first."""
+    d = detector(peer_cold_start=cold_start, peer_min=3)
+    d.decide(zone_of_lamps(5))
+    newcomer = DeviceRef("metropole", "centre", "lighting", "lamp-new")
+    noon = T0 + 6 * 86_400 + 12 * 3600  # by day a lamp draws ~2 W: 80 W is the anomaly
+    verdicts = d.decide([Record(newcomer, noon + i * STEP, {"power_w": 80.0}) for i in range(3)])
+    if not cold_start:
+        assert [(v.anomalous, v.baseline) for v in verdicts] == [(False, "warming up")] * 3
+        return
+    assert [v.change for v in verdicts].count("raise") == 1
+    assert all(v.anomalous for v in verdicts)
+    assert all("cold start from peer lamp-" in v.baseline for v in verdicts)
+    assert verdicts[0].expected_high < 80.0
+    # A restart keeps where its baseline came from.
+    restored = detector(peer_cold_start=True, peer_min=3)
+    restored.load_state(json.loads(json.dumps(d.state_dict())))
+    assert restored.series_[(newcomer, "power_w")].seeded_from.startswith("lamp-")
+
+
+def test_cold_start_needs_enough_learned_peers_of_the_same_zone_and_kind() -> None:
+    d = detector(peer_cold_start=True, peer_min=3)
+    d.decide(zone_of_lamps(2))
+    noon = T0 + 6 * 86_400 + 12 * 3600
+    alone = DeviceRef("metropole", "centre", "lighting", "lamp-new")
+    elsewhere = DeviceRef("metropole", "nord", "lighting", "lamp-far")
+    verdicts = d.decide([Record(dev, noon, {"power_w": 80.0}) for dev in (alone, elsewhere)])
+    assert [v.baseline for v in verdicts] == ["warming up", "warming up"]
