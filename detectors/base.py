@@ -62,6 +62,13 @@ class Detector(ABC):
     def forget(self, device_ids: set[str]) -> None:
         """Drop state for these devices (evicted by the agent's device cap)."""
 
+    def reject_new_normal(self, device: DeviceRef, since: float) -> list[str]:
+        """An operator says the levels this detector adopted as `device`'s new normal at or
+        after `since` (device time: the start of the alert judged real) are not normal: undo
+        them, so the device is judged against its old level again. Returns what was undone,
+        one line per series; detectors that adopt nothing: []."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """The learned state as plain JSON-able data (never pickle).
 

@@ -62,6 +62,7 @@ _CLIP = 3.0  # seasonal updates are clipped at this many scales
 _LOG_EPS = 1e-10  # score = log(tail) / log(1e-10), so 1.0 is a one-in-ten-billion tail
 _RANGE_BLOCKS = 16  # `range_points` is tracked as this many blocks of extremes
 _PEER_SAMPLE = 32  # peer_cold_start looks at most at this many peers of a group
+_ADOPTIONS_KEPT = 8  # adopted level shifts remembered per series, for an operator to reject
 
 
 class SeasonalParams(DetectorParams):
@@ -195,6 +196,7 @@ class _Series:
     """All that is learned for one metric of one device."""
 
     __slots__ = (
+        "adoptions",
         "b_dev",
         "b_mean",
         "b_n",
@@ -206,6 +208,7 @@ class _Series:
         "clear_run",
         "firing",
         "hi",
+        "hold_level",
         "lo",
         "quiet_until",
         "recent",
@@ -236,6 +239,9 @@ class _Series:
         self.shift_sign = 0
         self.seeded_from = ""  # the peer whose baseline this series started from
         self.seed_left = 0  # own values still to learn before the peer's are all replaced
+        # (device time, shift) of the last level shifts adopted, that an operator may reject
+        self.adoptions: list[tuple[float, float]] = []
+        self.hold_level = False  # a shift was rejected: adopt none until back to normal
 
     # -- scoring (pure) -------------------------------------------------------------------
     def evaluate(self, p: SeasonalParams, ts: float, x: float) -> _Eval:
@@ -279,6 +285,10 @@ class _Series:
 
     # -- learning -------------------------------------------------------------------------
     def learn(self, p: SeasonalParams, ev: _Eval, x: float, *, baseline: bool) -> None:
+        if self.hold_level and not baseline:
+            # A rejected level: its distances must not become usual to the calibration
+            # either, or the series would clear while still at that level.
+            return
         if ev.r_recent is not None:
             self.cal_recent.learn(ev.r_recent, p.calibration_alpha)
             if p.spike_channel:
@@ -338,7 +348,7 @@ class _Series:
             last[0] += 1.0
             last[1], last[2] = min(last[1], x), max(last[2], x)
 
-    def adopt(self, p: SeasonalParams) -> float:
+    def adopt(self, p: SeasonalParams, ts: float) -> float:
         """Take the last run of flagged values as the new normal; return the level change."""
         old = _median(self.recent) if self.recent else _median(self.shift_run)
         delta = _median(self.shift_run) - old
@@ -351,6 +361,25 @@ class _Series:
                 self.b_mean[b] += delta
         self.shift_run = []
         self.shift_sign = 0
+        self.adoptions = [*self.adoptions[-(_ADOPTIONS_KEPT - 1) :], (ts, delta)]
+        return delta
+
+    def reject_adopted(self, since: float) -> float:
+        """Undo the shifts adopted at or after `since` (an operator's verdict on the alert that
+        started then); returns the total shift undone, 0.0 when there was none."""
+        delta = sum(d for ts, d in self.adoptions if ts >= since)
+        kept = [(ts, d) for ts, d in self.adoptions if ts < since]
+        if len(kept) == len(self.adoptions):
+            return 0.0
+        self.adoptions = kept
+        restored = [v - delta for v in self.recent]
+        self.recent.clear()
+        self.recent.extend(restored)
+        for b, n in enumerate(self.b_n):
+            if n:
+                self.b_mean[b] -= delta
+        self.hold_level = True
+        self.quiet_until = -math.inf  # the rejected level raises again at once
         return delta
 
     # -- state ----------------------------------------------------------------------------
@@ -375,6 +404,8 @@ class _Series:
             "shift_sign": self.shift_sign,
             "seeded_from": self.seeded_from,
             "seed_left": self.seed_left,
+            "adoptions": [list(a) for a in self.adoptions],
+            "hold_level": self.hold_level,
         }
 
     @classmethod
@@ -401,6 +432,10 @@ class _Series:
         s.shift_sign = int(d["shift_sign"])
         s.seeded_from = str(d.get("seeded_from", ""))[:128]
         s.seed_left = int(d.get("seed_left", 0))
+        s.adoptions = [(float(a[0]), float(a[1])) for a in d.get("adoptions") or []][
+            -_ADOPTIONS_KEPT:
+        ]
+        s.hold_level = bool(d.get("hold_level", False))
         return s
 
     def seeded(self, p: SeasonalParams, peer_id: str) -> _Series:
@@ -409,6 +444,7 @@ class _Series:
         copy = _Series.from_dict(p, self.to_dict())
         copy.firing, copy.quiet_until, copy.clear_run = False, -math.inf, 0
         copy.shift_run, copy.shift_sign = [], 0
+        copy.adoptions, copy.hold_level = [], False
         copy.seeded_from, copy.seed_left = peer_id, p.recent_size
         return copy
 
@@ -481,6 +517,15 @@ class SeasonalBaseline(ScoringDetector):
 
     def tracked_devices(self) -> int:
         return len({device for device, _ in self.series_})
+
+    def reject_new_normal(self, device: DeviceRef, since: float) -> list[str]:
+        undone = []
+        for metric in self.params.metrics:
+            series = self.series_.get((device, metric))
+            if series is not None and series.adoptions and series.adoptions[-1][0] >= since:
+                delta = series.reject_adopted(since)
+                undone.append(f"{metric}: level shift of {delta:+g} undone")
+        return undone
 
     def forget(self, device_ids: set[str]) -> None:
         for key in [k for k in self.series_ if k[0].device_id in device_ids]:
@@ -569,8 +614,8 @@ class SeasonalBaseline(ScoringDetector):
             if sign != series.shift_sign:
                 series.shift_run, series.shift_sign = [], sign
             series.shift_run.append(x)
-            if len(series.shift_run) >= p.shift_after:
-                delta = series.adopt(p)
+            if len(series.shift_run) >= p.shift_after and not series.hold_level:
+                delta = series.adopt(p, record.ts)
                 adopted = True
                 reason = f"level shift of {delta:+g} adopted as the new normal"
                 if series.firing and change is None:
@@ -583,6 +628,7 @@ class SeasonalBaseline(ScoringDetector):
                 if series.clear_run >= p.clear_after:
                     series.firing = False
                     series.clear_run = 0
+                    series.hold_level = False  # back to normal: a later shift may be adopted
                     change = "clear"
         series.learn(p, ev, x, baseline=(not flagged or p.learn_flagged) and not adopted)
         low, high = self._expected_range(ev)

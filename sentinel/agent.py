@@ -75,6 +75,7 @@ class Agent:
         self.deadletters = DeadLetters(dl.capacity, dl.path, dl.max_file_bytes)
         self.decoder = build_decoder(config)
         self.engine = Engine(build_instances(config.detectors))
+        self.desk.reject_new_normal = self.engine.reject_new_normal
         if config.checkpoint.path is not None:
             restored = checkpoint.load(self.engine, config.checkpoint.path)
             log.info("checkpoint_loaded", detectors=restored)

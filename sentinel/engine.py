@@ -86,6 +86,16 @@ class Engine:
         self.instances = instances
         self._scores: list[ScoreSample] = []
 
+    def reject_new_normal(self, detector: str, device: DeviceRef, since: float) -> list[str]:
+        """An operator's verdict that `device`'s new level is not normal, passed to the
+        detector instance named `detector` (see Detector.reject_new_normal)."""
+        return [
+            line
+            for inst in self.instances
+            if inst.source.name == detector
+            for line in inst.detector.reject_new_normal(device, since)
+        ]
+
     def take_scores(self) -> list[ScoreSample]:
         """Score samples of the scoring detectors in the last `process` call. Callers that do
         not want them (eval, backtest) need not take them: each call starts a new list."""

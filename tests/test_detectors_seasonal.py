@@ -340,3 +340,30 @@ def test_cold_start_needs_enough_learned_peers_of_the_same_zone_and_kind() -> No
     elsewhere = DeviceRef("metropole", "nord", "lighting", "lamp-far")
     verdicts = d.decide([Record(dev, noon, {"power_w": 80.0}) for dev in (alone, elsewhere)])
     assert [v.baseline for v in verdicts] == ["warming up", "warming up"]
+
+
+def test_an_operator_rejects_an_adopted_level_shift() -> None:
+    """After a shift is adopted, the operator says it is not normal: the old level comes back,
+    the device raises again and the shift is not adopted again until it is back to normal."""
+    d = detector(season="none", shift_after=6, new_extreme_margin=None)
+    rng = np.random.default_rng(5)
+    run(d, [(T0 + i * STEP, 50.0 + rng.normal(0, 1)) for i in range(400)])
+    shifted = [(T0 + (400 + i) * STEP, 90.0 + rng.normal(0, 1)) for i in range(30)]
+    raised, cleared = [v for v in run(d, shifted) if v.change]
+    assert (raised.change, cleared.change) == ("raise", "clear")
+    assert d.reject_new_normal(DeviceRef("elsewhere", "z", "lighting", "lamp-1"), raised.ts) == []
+    assert d.reject_new_normal(LIGHT, cleared.ts + 1) == []  # nothing adopted since then
+    (undone,) = d.reject_new_normal(LIGHT, raised.ts)
+    assert undone.startswith("power_w: level shift of +4")  # about +40
+    assert d.reject_new_normal(LIGHT, raised.ts) == []  # nothing left to undo
+    still = [(T0 + (430 + i) * STEP, 90.0 + rng.normal(0, 1)) for i in range(100)]
+    verdicts = run(d, still)
+    assert [v.change for v in verdicts if v.change] == ["raise"]  # raised, never re-adopted
+    assert all(v.anomalous and abs(v.expected - 50.0) < 3 for v in verdicts)
+    # Back to normal: it clears, and a later shift is adopted as before.
+    back = [(T0 + (530 + i) * STEP, 50.0 + rng.normal(0, 1)) for i in range(20)]
+    assert [v.change for v in run(d, back) if v.change] == ["clear"]
+    again = [(T0 + (550 + i) * STEP, 90.0 + rng.normal(0, 1)) for i in range(30)]
+    changes = [(v.change, v.reason) for v in run(d, again) if v.change]
+    assert [c for c, _ in changes] == ["raise", "clear"]
+    assert "adopted" in changes[1][1]

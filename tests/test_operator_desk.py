@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
 from detectors import registry
 from detectors.model import DeviceRef, Record, Transition
 from detectors.threshold import ThresholdRule
-from sentinel.alerting.alerts import AlertBook, AlertSource
+from sentinel.alerting.alerts import Alert, AlertBook, AlertSource
 from sentinel.alerting.desk import DeskError, DeskSettings, OperatorDesk
+from sentinel.config import DetectorConfig
+from sentinel.engine import Engine, build_instances
 from sentinel.metrics import Metrics
 
 RULE = AlertSource("camera-upload-surge", "CameraUploadSurge", "threshold", "critical")
@@ -126,3 +129,47 @@ def test_unanswered_suggestions_and_api_suppressions_expire(tmp_path: Path) -> N
     with pytest.raises(DeskError, match="already expired"):
         desk.decide(made[0].id, True, "ana", T0 + 31 * 86400)
     assert "maintenance.expired" in [e["action"] for e in desk.audit.recent]
+
+
+def test_a_true_positive_rejects_the_new_normal_its_detector_adopted(tmp_path: Path) -> None:
+    """A camera's upload doubles; the seasonal detector raises, then adopts the new level as
+    normal and clears. The analyst marks the alert a true positive: the detector goes back to
+    the old level and raises again on the same traffic."""
+    book, desk, _ = make_desk(tmp_path)
+    params = {
+        "metrics": ["upload_kbps"],
+        "season": "none",
+        "shift_after": 6,
+        "new_extreme_margin": None,  # no noise-driven "new extreme" episode before the shift
+    }
+    detector = DetectorConfig(
+        name="camera-upload", type="seasonal", kinds=("video",), params=params
+    )
+    engine = Engine(build_instances([detector]))
+    desk.reject_new_normal = engine.reject_new_normal
+    rng = np.random.default_rng(3)
+
+    def feed(start: int, n: int, level: float) -> list[Alert]:
+        records = [
+            Record(CAM, T0 + 60 * (start + i), {"upload_kbps": level + rng.normal(0, 20)})
+            for i in range(n)
+        ]
+        changed: list[Alert] = []
+        for source, transitions in engine.process(records):
+            changed += book.apply(source, transitions)
+        return changed
+
+    feed(0, 400, 3000.0)
+    raised, cleared = feed(400, 30, 6000.0)  # raised, then adopted as normal: cleared
+    assert raised is cleared
+    assert raised.state == "resolved"
+    fb, _ = desk.give_feedback(raised.fingerprint, "tp", "ana@soc", "exfiltration", T0 + 30_000)
+    (undone,) = fb.undone
+    assert undone.startswith("upload_kbps: level shift of +")
+    (again,) = feed(430, 10, 6000.0)
+    assert (again.state, again.firing) == ("firing", True)
+    entry = orjson.loads((tmp_path / "audit.jsonl").read_text().splitlines()[-1])
+    assert entry["new_normal_rejected"] == [undone]
+    # A false positive on it undoes nothing: the operator agrees the level is normal.
+    fb, _ = desk.give_feedback(again.fingerprint, "fp", "ana@soc", "", T0 + 31_000)
+    assert fb.undone == ()

@@ -8,14 +8,15 @@ trail (`[alerting] audit_file`, JSON lines, plus the last entries in memory for 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
+from detectors.model import DeviceRef
 from sentinel.alerting.alerts import AlertBook
 from sentinel.alerting.feedback import (
     VERDICTS,
@@ -92,6 +93,8 @@ class OperatorDesk:
         self.audit = AuditTrail(settings.audit_file)
         self.suggestions: dict[str, Suggestion] = {}
         self.pending_lines: list[str] = []  # for InfluxDB, taken by the pipeline
+        # (detector name, device, since) -> what was undone: the agent wires its engine here.
+        self.reject_new_normal: Callable[[str, DeviceRef, float], list[str]] | None = None
         self._load()
 
     # -- suppressions ---------------------------------------------------------------------
@@ -162,6 +165,10 @@ class OperatorDesk:
             d = alert.device
             fb = Feedback(target, v, author, note, now, alert.source.name, d.tenant, d.zone)
             made = suggestions_for_alert(alert, fb, now, expiry)
+            if v == "tp" and self.reject_new_normal is not None:
+                # "This was real": a level its detector adopted since is not a new normal.
+                undone = self.reject_new_normal(alert.source.name, d, alert.starts_at)
+                fb = replace(fb, undone=tuple(undone))
         elif incident is not None:
             fb = Feedback(
                 target, v, author, note, now, incident.group, incident.tenant, incident.zone
@@ -181,6 +188,7 @@ class OperatorDesk:
             verdict=v,
             note=note,
             suggestions=[s.id for s in made],
+            new_normal_rejected=list(fb.undone),
         )
         self._save()
         return fb, made

@@ -34,6 +34,8 @@ class Feedback:
     detector: str
     tenant: str
     zone: str
+    # A true positive on an alert whose detector had adopted a new level: what was undone.
+    undone: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
