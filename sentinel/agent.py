@@ -31,7 +31,7 @@ from sentinel.engine import Engine, build_instances
 from sentinel.errors import ConfigError
 from sentinel.httpserver import build_app
 from sentinel.inbox import Ack, Delivery, Inbox
-from sentinel.ingest import MqttReader
+from sentinel.ingest import build_reader
 from sentinel.metrics import Metrics
 from sentinel.operator_api import OperatorApi
 from sentinel.partition import subscriptions
@@ -81,7 +81,7 @@ class Agent:
             log.info("checkpoint_loaded", detectors=restored)
         self.inbox = Inbox(config.pipeline.max_pending, config.pipeline.batch_max)
         d = self.decoder
-        self.reader = MqttReader(
+        self.reader = build_reader(
             config.mqtt,
             subscriptions(
                 [p for p in (d.telemetry, d.status, d.command) if p is not None],
@@ -89,6 +89,7 @@ class Agent:
             ),
             self.inbox,
             self.metrics,
+            config.validation.max_payload_bytes,
         )
         self.http_ready = asyncio.Event()
         self._stop = asyncio.Event()

@@ -21,6 +21,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -63,6 +64,9 @@ class MqttConfig(_Section):
     # Commands sent to devices (decoded into CommandRecords, see docs/wire-format.md); "" = off.
     command_topic: str = "fleet/{tenant}/{zone}/{kind}/{device_id}/command"
     qos: Literal[0, 1, 2] = 1
+    # The MQTT reader: "native" parses PUBLISH frames in bulk (QoS 0/1, sentinel.mqttwire);
+    # "paho" is the aiomqtt/paho client, kept for comparison and for qos = 2.
+    client: Literal["native", "paho"] = "native"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     # A persistent session: the broker queues QoS 1 messages while the agent is away.
     clean_session: bool = False
@@ -76,6 +80,12 @@ class MqttConfig(_Section):
     @classmethod
     def _partition(cls, v: tuple[dict[str, str], ...]) -> tuple[dict[str, str], ...]:
         return tuple(check_slice(spec) for spec in v)
+
+    @model_validator(mode="after")
+    def _native_qos(self) -> MqttConfig:
+        if self.client == "native" and self.qos == 2:
+            raise ValueError('qos = 2 needs client = "paho": the native reader does QoS 0 and 1')
+        return self
 
     @field_validator("url")
     @classmethod

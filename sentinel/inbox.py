@@ -1,6 +1,7 @@
 """The hand-off from the MQTT client to the batch processor.
 
-Messages are added synchronously, from the MQTT client's callback. Each carries what is needed
+Messages are added synchronously, from the MQTT client's callback (`add`, one at a time) or
+its protocol's `data_received` (`extend`, a whole chunk). Each carries what is needed
 to acknowledge it later: the agent sends the PUBACK only once the message's data is durable, so
 a message in here is still the broker's responsibility. Above `high_water` the inbox asks its
 producer to pause (the MQTT reader then stops reading its socket, and the broker keeps the
@@ -44,6 +45,18 @@ class Inbox:
     def add(self, topic: str, payload: bytes, ack: Ack | None = None) -> None:
         self._messages.append((topic, payload))
         self._acks.append(ack)
+        self._nonempty.set()
+        if len(self._messages) >= self._high_water:
+            self.pause()
+
+    def extend(self, messages: list[tuple[str, bytes]], acks: list[Ack | None]) -> None:
+        """Many messages at once (a reader that parses a whole chunk): one call, one check."""
+        if len(messages) != len(acks):
+            raise ValueError("one ack (or None) per message")
+        if not messages:
+            return
+        self._messages += messages
+        self._acks += acks
         self._nonempty.set()
         if len(self._messages) >= self._high_water:
             self.pause()

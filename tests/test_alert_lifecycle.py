@@ -130,7 +130,8 @@ def test_a_campaign_across_zones_becomes_one_fleet_incident() -> None:
     written = {
         inc.id: line for inc, state in book.tick(T0 + 300) for line in [incident_line(inc, state)]
     }
-    assert "zone=_fleet" in written[fleet.id] and "zones=5i" in written[fleet.id]
+    assert "zone=_fleet" in written[fleet.id]
+    assert "zones=5i" in written[fleet.id]
 
 
 def test_fleet_incident_needs_enough_zones_of_one_tenant() -> None:
@@ -154,7 +155,9 @@ def test_fleet_incident_closes_with_its_last_zone() -> None:
     closed = {inc.zone: state for inc, state in book.tick(T0 + 900 + 600)}
     assert closed == {"vaise": "closed", "_fleet": "closed"}
     (ended,) = book.notices([])
-    assert isinstance(ended, Rollup) and ended.fleet and not ended.firing
+    assert isinstance(ended, Rollup)
+    assert ended.fleet
+    assert not ended.firing
     # The next alert of the group starts from scratch: one zone is not a fleet.
     (again,) = book.apply(EXFIL, [fire(devices[0], T0 + 9000)])
     assert again.notified

@@ -21,7 +21,7 @@ from benchmarks.ingest.receiver import subscribed_line
 from benchmarks.ingest.recv_agent import metric_sum
 from benchmarks.ingest.recv_exporter import exporter_config, received_by_status
 from benchmarks.ingest.recv_mosquitto import count_lines
-from benchmarks.ingest.report import AGENT, EXPORTER, SUB, Report, percentile
+from benchmarks.ingest.report import AGENT, EXPORTER, NATIVE, SUB, Latency, Report, percentile
 from benchmarks.ingest.stack import BenchError, Stack, parse_env
 from benchmarks.ingest.stream import Stream, distinct_points, span_for, under_root
 from detectors.model import Record
@@ -240,6 +240,7 @@ def run(receiver: str, rate: float | None, cpu_us: float, msgs_per_s: float,
 
 
 def report(agent_cpu: float, agent_rate: float, agent_lost: int = 0) -> Report:
+    """paho's agent at the given figures; native's at half its CPU and 1.25x its rate."""
     return Report(
         command="x",
         stream={
@@ -253,12 +254,14 @@ def report(agent_cpu: float, agent_rate: float, agent_lost: int = 0) -> Report:
             run(SUB, 5000.0, 10.0, 5000.0),
             run(EXPORTER, 5000.0, 40.0, 5000.0),
             run(AGENT, 5000.0, agent_cpu, 5000.0),
+            run(NATIVE, 5000.0, agent_cpu / 2, 5000.0),
             run(SUB, None, 20.0, 20_000.0),
             run(EXPORTER, None, 50.0, 8_000.0),
             run(AGENT, None, agent_cpu, agent_rate, agent_lost),
+            run(NATIVE, None, agent_cpu / 2, agent_rate * 1.25),
         ],
-        latencies=[0.1] * 19 + [1.5],
-        idle_latencies=[0.1] * 20,
+        latency={AGENT: Latency([0.1] * 19 + [1.5]), NATIVE: Latency([0.1] * 20)},
+        idle={AGENT: Latency([0.1] * 20), NATIVE: Latency([0.2] * 20)},
         memory=[
             MemoryResult(100_000, "quiet", 0, 10_000_000, 100.0, 100_000, 0, {}, 0),
             MemoryResult(1_000_000, "quiet", 0, 120_000_000, 120.0, 1_000_000, 0, {}, 0),
@@ -278,17 +281,25 @@ def test_ratios_to_both_peers() -> None:
     assert r.ratios(5000.0)["cpu_vs_mosquitto_sub"] == pytest.approx(6.0)
     assert r.ratios(None)["throughput_vs_mosquitto_sub"] == pytest.approx(0.8)
     assert r.ratios(None)["throughput_vs_exporter"] == pytest.approx(2.0)
+    assert r.ratios(5000.0, NATIVE)["cpu_vs_exporter"] == pytest.approx(0.75)
+    assert r.ratios(None, NATIVE)["throughput_vs_mosquitto_sub"] == pytest.approx(1.0)
+    assert r.native_vs_paho(None) == {
+        "cpu": pytest.approx(0.5),
+        "throughput": pytest.approx(1.25),
+    }
     assert r.writes_per_s("InfluxWriter") == 2000.0
     assert r.writes_per_s("curl") == 4000.0
 
 
 def test_targets_met_and_missed_on_given_figures() -> None:
     v = verdicts(report(agent_cpu=45.0, agent_rate=16_000.0))
-    assert v["ingest CPU per message, 5,000/s"] == "missed"  # 45 vs 40
-    assert v["ingest CPU per message, max"] == "met"  # 45 vs 50
-    assert v["throughput with zero loss, max"] == "met"  # exactly 0.8x
-    assert v["detection latency p95, under 5,000 msg/s"] == "met"  # 19th of 20 is 0.1 s
-    assert v["detection latency p95, idle agent"] == "met"
+    assert v["paho: ingest CPU per message, 5,000/s"] == "missed"  # 45 vs 40
+    assert v["paho: ingest CPU per message, max"] == "met"  # 45 vs 50
+    assert v["paho: throughput with zero loss, max"] == "met"  # exactly 0.8x
+    assert v["paho: detection latency p95, under 5,000 msg/s"] == "met"  # 19th of 20: 0.1 s
+    assert v["paho: detection latency p95, idle agent"] == "met"
+    assert v["native: ingest CPU per message, 5,000/s"] == "met"  # 22.5 vs 40
+    assert v["native: throughput with zero loss, max"] == "met"  # 1.0x
     assert v["memory per device, 1,000,000 devices, quiet"] == "met"
     assert v["memory per device, 1,000,000 devices, breaching"] == "missed"
     assert "memory per device, 100,000 devices, quiet" not in v  # judged at the largest N
@@ -296,30 +307,43 @@ def test_targets_met_and_missed_on_given_figures() -> None:
 
 def test_throughput_with_loss_is_missed_whatever_the_ratio() -> None:
     v = verdicts(report(agent_cpu=30.0, agent_rate=20_000.0, agent_lost=1))
-    assert v["throughput with zero loss, max"] == "missed"
+    assert v["paho: throughput with zero loss, max"] == "missed"
+    assert v["native: throughput with zero loss, max"] == "met"
     v = verdicts(report(agent_cpu=30.0, agent_rate=15_000.0))
-    assert v["throughput with zero loss, max"] == "missed"  # 0.75x
+    assert v["paho: throughput with zero loss, max"] == "missed"  # 0.75x
 
 
 def test_latency_with_an_alert_never_seen_is_missed() -> None:
     r = report(agent_cpu=30.0, agent_rate=20_000.0)
-    r.idle_missing = 1
-    assert verdicts(r)["detection latency p95, idle agent"] == "missed"
+    r.idle[NATIVE].missing = 1
+    assert verdicts(r)["native: detection latency p95, idle agent"] == "missed"
+    assert verdicts(r)["paho: detection latency p95, idle agent"] == "met"
 
 
 def test_table_and_json_carry_every_run_and_target() -> None:
     r = report(agent_cpu=45.0, agent_rate=16_000.0)
     lines = r.lines()
-    for name in (SUB, EXPORTER, AGENT):
+    for name in (SUB, EXPORTER, AGENT, NATIVE):
         assert sum(line.startswith(f"{name:<26}") for line in lines) == 2  # one per rate
     verdict_lines = [line for line in lines if line.endswith(("met", "missed"))]
     assert len(verdict_lines) == len(r.targets())
+    assert sum(line.startswith("native ÷ paho") for line in lines) == 2  # CPU and msg/s
     doc = r.to_json()
-    assert len(doc["runs"]) == 6  # type: ignore[arg-type]
+    assert len(doc["runs"]) == 8  # type: ignore[arg-type]
+    assert set(doc["ratios"]) == {"paho", "native"}  # type: ignore[call-overload]
+    assert set(doc["latency"]["idle"]) == {"paho", "native"}  # type: ignore[index]
     assert {t["verdict"] for t in doc["targets"]} == {"met", "missed"}  # type: ignore[attr-defined]
 
 
-def test_each_anomaly_in_its_own_zone_so_storm_protection_notifies_it_alone() -> None:
+def test_a_run_without_the_native_agent_reports_paho_alone() -> None:
+    r = report(agent_cpu=45.0, agent_rate=16_000.0)
+    r.runs = [x for x in r.runs if x.receiver != NATIVE]
+    assert r.agents == [AGENT]
+    assert not any(line.startswith("native") for line in r.lines())
+    assert r.native_vs_paho(None) == {"cpu": None, "throughput": None}
+
+
+def test_each_anomaly_in_its_own_tenant_and_zone_so_storm_protection_notifies_it_alone() -> None:
     rule = pick_rule(load_config(EVAL))
     probe = LatencyProbe(Stack({}), rule, count=2, delay_s=0.0, spacing_s=0.0)
     decoder = Decoder(
@@ -338,6 +362,7 @@ def test_each_anomaly_in_its_own_zone_so_storm_protection_notifies_it_alone() ->
     assert all(isinstance(r, Record) for r in decoded)
     records = [r for r in decoded if isinstance(r, Record)]
     assert records[0].device.zone != records[1].device.zone
+    assert records[0].device.tenant != records[1].device.tenant  # no fleet incident either
     assert records[2].ts > records[1].ts  # a later point, not an overwrite
     assert records[0].metrics == {rule.metric: rule.anomalous}
 

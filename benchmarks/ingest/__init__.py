@@ -1,5 +1,6 @@
-"""Issue 8's ingest benchmark: Sentinel's agent against mosquitto_sub and
-prometheus-mqtt-exporter on one recorded stream through the stack's Mosquitto.
+"""Issue 8's ingest benchmark: Sentinel's agent, once per MQTT reader (paho and native),
+against mosquitto_sub and prometheus-mqtt-exporter on one recorded stream through the stack's
+Mosquitto.
 
     .venv/bin/python -m benchmarks.ingest [--messages 200000] [--out benchmarks/results/ingest.json]
 

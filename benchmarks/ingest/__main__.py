@@ -2,11 +2,13 @@
 
     .venv/bin/python -m benchmarks.ingest [--messages 200000] [--devices 10000] [--rate 5000]
         [--out benchmarks/results/ingest.json]
-    .venv/bin/python -m benchmarks.ingest --messages 50000 --profile agent.prof
+    .venv/bin/python -m benchmarks.ingest --messages 50000 --profile agent.prof [--client paho]
 
 Needs the local stack (deploy/local/stack up) and, as root with apt, installs
 prometheus-mqtt-exporter when missing. Receivers run one at a time, each on the same recorded
-stream: first all three at the fixed rate, then all three flat out.
+stream: first all four at the fixed rate, then all four flat out. The four: mosquitto_sub,
+prometheus-mqtt-exporter, and the agent twice, once per MQTT reader (`[mqtt] client` = "paho"
+and "native").
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import orjson
 
@@ -30,11 +33,12 @@ from benchmarks.ingest.receiver import Receiver
 from benchmarks.ingest.recv_agent import EVAL_CONFIG, AgentReceiver
 from benchmarks.ingest.recv_exporter import Exporter, ensure_installed
 from benchmarks.ingest.recv_mosquitto import MosquittoSub
-from benchmarks.ingest.report import Report
+from benchmarks.ingest.report import Latency, Report
 from benchmarks.ingest.stack import REPO, BenchError, Stack
 from sentinel.config import load_config
 
 PROFILE_TOP = 15
+CLIENTS: tuple[Literal["paho", "native"], ...] = ("paho", "native")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,6 +56,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--profile", type=Path, help="instead: run the agent alone under cProfile, flat out, "
         "write the stats here and print the top entries (no figures, no JSON)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--client", choices=CLIENTS, default="native",
+        help="with --profile: the agent's MQTT reader",
     )  # fmt: skip
     return ap.parse_args(argv)
 
@@ -105,10 +113,11 @@ async def profile(args: argparse.Namespace, stack: Stack, work: Path) -> list[st
     s = await prepare(args, work)
     out = args.profile.resolve()
     result = await measure.run(
-        AgentReceiver(stack, work, fields_of(s), out), stack, s.messages, None
+        AgentReceiver(stack, work, fields_of(s), out, args.client), stack, s.messages, None
     )
     return [
-        f"the agent under cProfile (so slower than measured runs), flat out, "
+        f"the agent ([mqtt] client = {args.client}) under cProfile (so slower than measured "
+        f"runs), flat out, "
         f"{result.received:,} of {result.expected:,} messages; stats in {args.profile}",
         "top by own time:",
         *profile_top(out, PROFILE_TOP),
@@ -122,27 +131,28 @@ async def measure_all(args: argparse.Namespace, stack: Stack, work: Path) -> Rep
     fields, metric_names = fields_of(s), metric_names_of(s)
     rule = pick_rule(config)
     runs: list[RunResult] = []
-    probe: LatencyProbe | None = None
+    latency: dict[str, Latency] = {}
     for rate in (args.rate, None):
         receivers: list[Receiver] = [
             MosquittoSub(stack, work),
             Exporter(stack, work, metric_names),
-            AgentReceiver(stack, work, fields),
+            *(AgentReceiver(stack, work, fields, client=c) for c in CLIENTS),
         ]
         for receiver in receivers:
-            side = None
+            side: LatencyProbe | None = None
             if isinstance(receiver, AgentReceiver) and rate is not None:
                 duration = len(s.messages) / rate
-                probe = LatencyProbe(
+                side = LatencyProbe(
                     stack, rule, args.anomalies, delay_s=0.1 * duration,
                     spacing_s=0.8 * duration / max(1, args.anomalies),
                 )  # fmt: skip
-                side = probe
             result = await measure.run(receiver, stack, s.messages, rate, side)
             if "influx_points" in result.details:
                 extra = result.expected - len(s.messages)
                 result.details["influx_expected"] = s.expected_points + extra
             runs.append(result)
+            if side is not None:
+                latency[receiver.name] = Latency(side.latencies, side.missing)
             print(
                 f"{result.receiver} at {stream_rate(rate)}: {result.received:,}/"
                 f"{result.expected:,} received, {result.cpu_us_per_msg or 0:.1f} µs/msg, "
@@ -150,9 +160,16 @@ async def measure_all(args: argparse.Namespace, stack: Stack, work: Path) -> Rep
                 flush=True,
             )
     # The same rule on an agent with no other traffic: the pipeline's own latency.
-    idle = LatencyProbe(stack, rule, args.anomalies, delay_s=0.5, spacing_s=0.25)
-    await measure.run(AgentReceiver(stack, work, fields), stack, [], None, idle)
-    print(f"idle latency: {len(idle.latencies)} of {args.anomalies} alerts seen", flush=True)
+    idle: dict[str, Latency] = {}
+    for client in CLIENTS:
+        agent = AgentReceiver(stack, work, fields, client=client)
+        probe = LatencyProbe(stack, rule, args.anomalies, delay_s=0.5, spacing_s=0.25)
+        await measure.run(agent, stack, [], None, probe)
+        idle[agent.name] = Latency(probe.latencies, probe.missing)
+        print(
+            f"{agent.name}, idle latency: {len(probe.latencies)} of {args.anomalies} alerts seen",
+            flush=True,
+        )
     writes = await influx_writes.compare(
         stack, s.lines, config.influxdb.batch_size, config.pipeline.batch_max, work
     )
@@ -173,10 +190,8 @@ async def measure_all(args: argparse.Namespace, stack: Stack, work: Path) -> Rep
             "exporter_fields": len(metric_names),
         },
         runs=runs,
-        latencies=probe.latencies if probe else [],
-        latency_missing=probe.missing if probe else 0,
-        idle_latencies=idle.latencies,
-        idle_missing=idle.missing,
+        latency=latency,
+        idle=idle,
         latency_rule=(
             f"{args.anomalies} devices, rule {rule.detector}: {rule.metric} on {rule.kind}, "
             f"one point raises; Alertmanager polled every {POLL_S * 1000:.0f} ms"

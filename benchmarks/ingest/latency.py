@@ -5,9 +5,10 @@ Each anomaly is one report of a new device past a threshold rule that raises on 
 (`raise_after = 1`), so the time measured is the pipeline's, not the rule's patience. The
 watcher polls `/api/v2/alerts` every POLL_S (the resolution). Once seen, each device sends
 `clear_after` normal reports, so that its alert resolves instead of lingering in the shared
-Alertmanager. Each device sits in its own zone: the agent's storm protection notifies only the
-first `alerting.max_notified_per_incident` alerts of one (tenant, zone, group) one by one
-(the rest as one roll-up), and here every alert is to be seen on its own.
+Alertmanager. Each device sits in its own tenant and zone: the agent's storm protection
+notifies only the first `alerting.max_notified_per_incident` alerts of one (tenant, zone, group)
+one by one (the rest as one roll-up), folds the incidents of `alerting.fleet_min_zones` zones
+of one tenant into one fleet incident, and here every alert is to be seen on its own.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class LatencyProbe:
 
     def _message(self, root: str, device: str, value: float, seq: int, t0: float) -> Message:
         """Report `seq` of `device`, timed 10 ms after the previous one: each is a point."""
-        zone = f"bench-{device.rsplit('-', 1)[1]}"  # one zone per device (see the docstring)
-        topic = f"{root}/lyon/{zone}/{self.rule.kind}/{device}/telemetry"
+        # One tenant and zone per device (see the docstring).
+        place = f"bench-{device.rsplit('-', 1)[1]}"
+        topic = f"{root}/{place}/{place}/{self.rule.kind}/{device}/telemetry"
         ts = round(t0 + seq * 0.01, 3)
         body = {"device_id": device, "ts": ts, "seq": seq, "metrics": {self.rule.metric: value}}
         return Message(0.0, topic, orjson.dumps(body), device)

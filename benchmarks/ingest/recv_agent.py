@@ -4,7 +4,8 @@ Alertmanager.
 
 The configuration is a copy of eval.toml; the run's own settings come from the documented
 `SENTINEL_<SECTION>__<KEY>` overrides: a fresh client id (its own persistent session), the
-run's topic root, a fresh database, free HTTP port, secrets as files (never in argv or env).
+run's topic root, a fresh database, free HTTP port, secrets as files (never in argv or env),
+and the MQTT reader under test (`[mqtt] client`: "paho" or "native").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import paho.mqtt.client as mqtt
@@ -59,16 +61,22 @@ def forget_session(stack: Stack, client_id: str) -> None:
     client.loop_stop()
 
 
-class AgentReceiver:
-    name = "sentinel agent"
+def agent_name(client: str) -> str:
+    """The receiver's name in the table: which MQTT reader the agent ran with."""
+    return f"sentinel agent ({client})"
 
+
+class AgentReceiver:
     def __init__(
         self,
         stack: Stack,
         workdir: Path,
         telemetry_fields: dict[str, str],
         profile_out: Path | None = None,
+        client: Literal["native", "paho"] = "paho",
     ) -> None:
+        self.name = agent_name(client)
+        self.client = client
         self.stack = stack
         self.workdir = workdir
         self.fields = telemetry_fields
@@ -85,6 +93,7 @@ class AgentReceiver:
             **os.environ,
             "SENTINEL_MQTT__URL": s.mqtt_url,
             "SENTINEL_MQTT__CLIENT_ID": self.client_id,
+            "SENTINEL_MQTT__CLIENT": self.client,
             "SENTINEL_MQTT__USERNAME": USER,
             "SENTINEL_MQTT__PASSWORD_FILE": str(s.secret_file("mqtt-agent")),
             "SENTINEL_MQTT__TELEMETRY_TOPIC": topic_template(root, "telemetry"),

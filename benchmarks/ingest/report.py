@@ -1,5 +1,6 @@
-"""The benchmark's figures as one table and one JSON document: Sentinel's ratios to both
-peers, and issue 8's targets next to the measured figures with met / missed."""
+"""The benchmark's figures as one table and one JSON document: each Sentinel agent's ratios
+to both peers (one agent per MQTT reader, paho and native), the native reader's ratio to paho,
+and issue 8's targets next to the measured figures with met / missed, per agent."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from benchmarks.ingest.influx_writes import WriteResult
 from benchmarks.ingest.measure import RunResult
 from benchmarks.ingest.memory import MemoryResult
 
-AGENT, SUB, EXPORTER = "sentinel agent", "mosquitto_sub", "prometheus-mqtt-exporter"
+AGENT, NATIVE = "sentinel agent (paho)", "sentinel agent (native)"
+SUB, EXPORTER = "mosquitto_sub", "prometheus-mqtt-exporter"
+AGENTS = (AGENT, NATIVE)
 KIB = 1024.0
 
 
@@ -61,15 +64,34 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 @dataclass
+class Latency:
+    """Detection latencies of one agent in one situation, and the alerts never seen."""
+
+    seconds: list[float] = field(default_factory=list)
+    missing: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "seconds": self.seconds,
+            "missing": self.missing,
+            "p50_s": percentile(self.seconds, 50),
+            "p95_s": percentile(self.seconds, 95),
+        }
+
+
+def short(agent: str) -> str:
+    """`paho`, `native`: the reader an agent's run used, for labels."""
+    return agent.rsplit("(", 1)[-1].rstrip(")")
+
+
+@dataclass
 class Report:
     command: str
     stream: dict[str, object]
     runs: list[RunResult]
-    latencies: list[float] = field(default_factory=list)
-    latency_missing: int = 0
+    latency: dict[str, Latency] = field(default_factory=dict)  # per agent, under the stream
+    idle: dict[str, Latency] = field(default_factory=dict)  # per agent, nothing else sent
     latency_rule: str = ""
-    idle_latencies: list[float] = field(default_factory=list)
-    idle_missing: int = 0
     memory: list[MemoryResult] = field(default_factory=list)
     writes: list[WriteResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -82,20 +104,24 @@ class Report:
                 seen.append(r.rate)
         return seen
 
-    def ratios(self, rate: float | None) -> dict[str, float | None]:
-        agent, sub, exp = (find(self.runs, n, rate) for n in (AGENT, SUB, EXPORTER))
+    @property
+    def agents(self) -> list[str]:
+        return [a for a in AGENTS if any(r.receiver == a for r in self.runs)]
 
-        def cpu(r: RunResult | None) -> float | None:
-            return r.cpu_us_per_msg if r else None
-
-        def tput(r: RunResult | None) -> float | None:
-            return r.msgs_per_s if r else None
-
+    def ratios(self, rate: float | None, agent: str = AGENT) -> dict[str, float | None]:
+        mine, sub, exp = (find(self.runs, n, rate) for n in (agent, SUB, EXPORTER))
         return {
-            "cpu_vs_exporter": ratio(cpu(agent), cpu(exp)),
-            "cpu_vs_mosquitto_sub": ratio(cpu(agent), cpu(sub)),
-            "throughput_vs_mosquitto_sub": ratio(tput(agent), tput(sub)),
-            "throughput_vs_exporter": ratio(tput(agent), tput(exp)),
+            "cpu_vs_exporter": ratio(_cpu(mine), _cpu(exp)),
+            "cpu_vs_mosquitto_sub": ratio(_cpu(mine), _cpu(sub)),
+            "throughput_vs_mosquitto_sub": ratio(_tput(mine), _tput(sub)),
+            "throughput_vs_exporter": ratio(_tput(mine), _tput(exp)),
+        }
+
+    def native_vs_paho(self, rate: float | None) -> dict[str, float | None]:
+        native, paho = find(self.runs, NATIVE, rate), find(self.runs, AGENT, rate)
+        return {
+            "cpu": ratio(_cpu(native), _cpu(paho)),
+            "throughput": ratio(_tput(native), _tput(paho)),
         }
 
     def writes_per_s(self, writer: str) -> float | None:
@@ -107,50 +133,8 @@ class Report:
 
     def targets(self) -> list[Target]:
         out: list[Target] = []
-        for rate in self.rates:
-            r = self.ratios(rate)["cpu_vs_exporter"]
-            out.append(
-                Target(
-                    f"ingest CPU per message, {rate_label(rate)}",
-                    "<= 1.0x prometheus-mqtt-exporter",
-                    r,
-                    _fmt(r, ".2f", "x"),
-                    at_most(r, 1.0),
-                )
-            )
-        # Throughput is a capacity: judged flat out, else at the highest fixed rate.
-        fixed = [x for x in self.rates if x is not None]
-        rate = None if None in self.rates or not fixed else max(fixed)
-        t = self.ratios(rate)["throughput_vs_mosquitto_sub"]
-        agent = find(self.runs, AGENT, rate)
-        lossless = agent is not None and agent.lost == 0
-        met = at_least(t, 0.8)
-        out.append(
-            Target(
-                f"throughput with zero loss, {rate_label(rate)}",
-                ">= 0.8x mosquitto_sub",
-                t,
-                _fmt(t, ".2f", "x")
-                + ("" if lossless or agent is None else f", {agent.lost:,} lost"),
-                None if met is None else met and lossless,
-            )
-        )
-        fixed_rate = self.stream.get("fixed_rate")
-        for when, values, missing in (
-            (f"under {fixed_rate:,.0f} msg/s" if isinstance(fixed_rate, float) else "under load",
-             self.latencies, self.latency_missing),
-            ("idle agent", self.idle_latencies, self.idle_missing),
-        ):  # fmt: skip
-            p95 = percentile(values, 95)
-            out.append(
-                Target(
-                    f"detection latency p95, {when}",
-                    "<= 1 s",
-                    p95,
-                    _fmt(p95, ".2f", " s") + (f", {missing} never seen" if missing else ""),
-                    None if p95 is None else p95 <= 1.0 and missing == 0,
-                )
-            )
+        for agent in self.agents:
+            out += self._agent_targets(agent, f"{short(agent)}: ")
         largest = max((m.devices for m in self.memory), default=0)
         for m in (m for m in self.memory if m.devices == largest):
             out.append(
@@ -160,6 +144,52 @@ class Report:
                     m.bytes_per_device,
                     f"{m.bytes_per_device:,.0f} B",
                     at_most(m.bytes_per_device, KIB),
+                )
+            )
+        return out
+
+    def _agent_targets(self, agent: str, prefix: str) -> list[Target]:
+        out: list[Target] = []
+        for rate in self.rates:
+            r = self.ratios(rate, agent)["cpu_vs_exporter"]
+            out.append(
+                Target(
+                    f"{prefix}ingest CPU per message, {rate_label(rate)}",
+                    "<= 1.0x prometheus-mqtt-exporter",
+                    r,
+                    _fmt(r, ".2f", "x"),
+                    at_most(r, 1.0),
+                )
+            )
+        # Throughput is a capacity: judged flat out, else at the highest fixed rate.
+        fixed = [x for x in self.rates if x is not None]
+        rate = None if None in self.rates or not fixed else max(fixed)
+        t = self.ratios(rate, agent)["throughput_vs_mosquitto_sub"]
+        run = find(self.runs, agent, rate)
+        lossless = run is not None and run.lost == 0
+        met = at_least(t, 0.8)
+        out.append(
+            Target(
+                f"{prefix}throughput with zero loss, {rate_label(rate)}",
+                ">= 0.8x mosquitto_sub",
+                t,
+                _fmt(t, ".2f", "x") + ("" if lossless or run is None else f", {run.lost:,} lost"),
+                None if met is None else met and lossless,
+            )
+        )
+        fixed_rate = self.stream.get("fixed_rate")
+        under = f"under {fixed_rate:,.0f} msg/s" if isinstance(fixed_rate, float) else "under load"
+        for when, lat in ((under, self.latency.get(agent)), ("idle agent", self.idle.get(agent))):
+            if lat is None:
+                continue
+            p95 = percentile(lat.seconds, 95)
+            out.append(
+                Target(
+                    f"{prefix}detection latency p95, {when}",
+                    "<= 1 s",
+                    p95,
+                    _fmt(p95, ".2f", " s") + (f", {lat.missing} never seen" if lat.missing else ""),
+                    None if p95 is None else p95 <= 1.0 and lat.missing == 0,
                 )
             )
         return out
@@ -183,7 +213,7 @@ class Report:
             )
         out += [
             "",
-            f"{'Sentinel ÷ peer':<34}" + "".join(f"{rate_label(x):>10}" for x in self.rates),
+            f"{'Sentinel ÷ peer':<42}" + "".join(f"{rate_label(x):>10}" for x in self.rates),
         ]
         labels = {
             "cpu_vs_exporter": "CPU/msg ÷ exporter",
@@ -191,21 +221,35 @@ class Report:
             "throughput_vs_mosquitto_sub": "msg/s ÷ mosquitto_sub",
             "throughput_vs_exporter": "msg/s ÷ exporter",
         }
-        for key, label in labels.items():
-            cells = "".join(f"{_fmt(self.ratios(x)[key], '.2f', 'x'):>10}" for x in self.rates)
-            out.append(f"{label:<34}{cells}")
+        for agent in self.agents:
+            for key, label in labels.items():
+                cells = "".join(
+                    f"{_fmt(self.ratios(x, agent)[key], '.2f', 'x'):>10}" for x in self.rates
+                )
+                out.append(f"{short(agent) + ': ' + label:<42}{cells}")
+        if len(self.agents) == len(AGENTS):
+            for key, label in (("cpu", "CPU/msg"), ("throughput", "msg/s")):
+                cells = "".join(
+                    f"{_fmt(self.native_vs_paho(x)[key], '.2f', 'x'):>10}" for x in self.rates
+                )
+                out.append(f"{'native ÷ paho: ' + label:<42}{cells}")
         out += ["", f"detection latency, first anomalous message published -> alert in "
                 f"Alertmanager ({self.latency_rule}):"]  # fmt: skip
-        for when, values, missing in (
-            ("under the fixed-rate stream", self.latencies, self.latency_missing),
-            ("idle agent", self.idle_latencies, self.idle_missing),
-        ):
-            out.append(
-                f"  {when:<28} p50 {_fmt(percentile(values, 50), '.3f', ' s')}, "
-                f"p95 {_fmt(percentile(values, 95), '.3f', ' s')}, "
-                f"max {_fmt(max(values, default=None), '.3f', ' s')} "
-                f"({len(values)} seen, {missing} never seen)"
-            )
+        for agent in self.agents:
+            for when, lat in (
+                ("under the fixed-rate stream", self.latency.get(agent)),
+                ("idle agent", self.idle.get(agent)),
+            ):
+                if lat is None:
+                    continue
+                values = lat.seconds
+                out.append(
+                    f"  {short(agent) + ', ' + when:<36} p50 "
+                    f"{_fmt(percentile(values, 50), '.3f', ' s')}, "
+                    f"p95 {_fmt(percentile(values, 95), '.3f', ' s')}, "
+                    f"max {_fmt(max(values, default=None), '.3f', ' s')} "
+                    f"({len(values)} seen, {lat.missing} never seen)"
+                )
         for m in self.memory:
             states = sum(m.detector_states.values())
             out.append(
@@ -246,11 +290,15 @@ class Report:
             "command": self.command,
             "stream": self.stream,
             "runs": [r.to_json() for r in self.runs],
-            "ratios": {rate_label(x): self.ratios(x) for x in self.rates},
+            "ratios": {
+                short(agent): {rate_label(x): self.ratios(x, agent) for x in self.rates}
+                for agent in self.agents
+            },
+            "native_vs_paho": {rate_label(x): self.native_vs_paho(x) for x in self.rates},
             "latency": {
                 "rule": self.latency_rule,
-                "under_load": _latency_json(self.latencies, self.latency_missing),
-                "idle": _latency_json(self.idle_latencies, self.idle_missing),
+                "under_load": {short(a): lat.to_json() for a, lat in self.latency.items()},
+                "idle": {short(a): lat.to_json() for a, lat in self.idle.items()},
             },
             "memory": [asdict(m) for m in self.memory],
             "influx_writes": [{**asdict(w), "points_per_s": w.points_per_s} for w in self.writes],
@@ -259,10 +307,9 @@ class Report:
         }
 
 
-def _latency_json(values: list[float], missing: int) -> dict[str, object]:
-    return {
-        "seconds": values,
-        "missing": missing,
-        "p50_s": percentile(values, 50),
-        "p95_s": percentile(values, 95),
-    }
+def _cpu(r: RunResult | None) -> float | None:
+    return r.cpu_us_per_msg if r else None
+
+
+def _tput(r: RunResult | None) -> float | None:
+    return r.msgs_per_s if r else None

@@ -291,7 +291,7 @@ def _subscribe(body: bytes, level: int) -> Subscribe:
 # --- streams -----------------------------------------------------------------------------
 
 
-def _remaining_length(buf: bytes, off: int, end: int) -> tuple[int, int] | None:
+def remaining_length(buf: bytes, off: int, end: int) -> tuple[int, int] | None:
     """(remaining length, body offset) of the fixed header whose length starts at `off`;
     None while the length is still incomplete (more bytes will come)."""
     try:
@@ -340,7 +340,7 @@ class Framer:
         while n - off >= 2 and not self.dead:
             first = buf[off]
             try:
-                header = _remaining_length(buf, off + 1, n)
+                header = remaining_length(buf, off + 1, n)
             except MalformedError as exc:
                 out.append(Malformed(exc.reason, first, exc.detail))
                 self.dead = True
@@ -386,7 +386,7 @@ def connect_prefix(buf: bytes) -> bool | None:
     if buf[0] != 0x10:
         return False
     try:
-        header = _remaining_length(buf, 1, len(buf))
+        header = remaining_length(buf, 1, len(buf))
     except MalformedError:
         return False
     if header is None:
