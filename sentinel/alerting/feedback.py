@@ -73,6 +73,12 @@ def _threshold_proposal(alert: Alert) -> dict[str, float | str] | None:
     op, peak = ev.get("op"), ev.get("peak", ev.get("value"))
     if alert.source.detector_type != "threshold" or not isinstance(peak, int | float):
         return None
+    if "peer_value" in ev:
+        # A peer rule's line is peer_factor x the peers' quantile: move the factor.
+        line = ev["peer_value"]
+        if op in (">", ">=") and isinstance(line, int | float) and line > 0:
+            return {"param": "peer_factor", "value": round(float(peak) / line * _MARGIN, 6)}
+        return None
     if op in (">", ">="):
         return {"param": "value", "value": round(float(peak) * _MARGIN, 6)}
     if op in ("<", "<="):
@@ -108,7 +114,8 @@ def suggestions_for_alert(
                 kind="threshold",
                 detector=name,
                 matchers={"detector": name},
-                detail=f"set [detectors.params] value = {proposal['value']:g} for {name}"
+                detail=f"set [detectors.params] {proposal['param']} ="
+                f" {proposal['value']:g} for {name}"
                 f" (it fired at {alert.evidence.get('peak', alert.evidence.get('value'))})",
                 created_at=now,
                 expires_at=expires,
