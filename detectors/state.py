@@ -80,8 +80,15 @@ def decode(data: JSON) -> Any:
     if "$map" in data:
         return {_hashable(decode(k)): decode(v) for k, v in data["$map"]}
     if "$obj" in data:
-        obj: Any = object.__new__(_slotted_class(str(data["$obj"])))
-        for name, v in dict(data["fields"]).items():
+        cls = _slotted_class(str(data["$obj"]))
+        fields = dict(data["fields"])
+        if set(fields) != set(_slot_names(cls)):
+            # Saved by another version of the class (a checkpoint from before an upgrade).
+            raise StateError(
+                f"{cls.__qualname__} saved with {sorted(fields)[:8]}, now has {_slot_names(cls)}"
+            )
+        obj: Any = object.__new__(cls)
+        for name, v in fields.items():
             setattr(obj, name, decode(v))
         return obj
     raise StateError(f"unknown tag in a detector state: {sorted(data)[:3]}")

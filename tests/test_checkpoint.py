@@ -61,3 +61,18 @@ def test_the_write_is_atomic(tmp_path: Path) -> None:
     checkpoint.save(e, path)
     assert path.read_bytes() != first
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.json"]  # no temporary left
+
+
+def test_a_checkpoint_from_another_version_of_a_state_class_is_skipped(tmp_path: Path) -> None:
+    """Upgrades change slotted state classes (session 3 dropped `firing` from the threshold
+    rule's): the old checkpoint must start that detector fresh, not stop the agent."""
+    path = tmp_path / "checkpoint.json"
+    before = engine(raise_after=1)
+    assert feed(before, [500]) == [True]  # firing: its state is a slotted object
+    checkpoint.save(before, path)
+    text = path.read_text()
+    assert '"fields":{"breaching"' in text.replace(" ", "")
+    path.write_text(text.replace('"breaching"', '"firing":true,"breaching"', 1))
+    after = engine(raise_after=1)
+    assert checkpoint.load(after, path) == []
+    assert feed(after, [500], start=1) == [True]  # fresh: raises again, nothing crashed
