@@ -30,7 +30,7 @@ from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock, forget_devices
 
-InfoField = Literal["client_id", "src_ip", "firmware", "config_hash"]
+InfoField = Literal["client_id", "src_ip", "firmware", "config_hash", "model"]
 CampaignKey = tuple[str, str, str, str]  # (scope, kind, field, new value)
 
 

@@ -222,6 +222,9 @@ class DetectorConfig(_Section):
     # type with other groups and parameters tune a detector per commune or district.
     tenants: tuple[Annotated[str, Field(pattern=_SLUG)], ...] = ()
     zones: tuple[Annotated[str, Field(pattern=_SLUG)], ...] = ()
+    # ... and models: devices whose telemetry `info.model` is one of these (the last model a
+    # device reported counts for its reports without one).
+    models: tuple[Annotated[str, Field(pattern=r"^[\x20-\x7e]{1,64}$")], ...] = ()
     severity: Literal["info", "warning", "critical"] = "warning"
     summary: str = ""
     enabled: bool = True

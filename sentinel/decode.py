@@ -68,7 +68,7 @@ _MAX_SEQ = 2**63 - 1
 # The `info` object (docs/wire-format.md): known keys only, short printable ASCII values. A
 # malformed value rejects the message rather than being dropped, so that a forger cannot blank
 # an identity field the identity detector compares.
-INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash"})
+INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash", "model"})
 MAX_INFO_ENTRIES = 8
 _INFO_VALUE = re.compile(r"[\x20-\x7e]{1,64}")
 _MAX_KNOWN_METRICS = 4096

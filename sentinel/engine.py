@@ -21,6 +21,7 @@ class DetectorInstance:
     # The device group it watches within its kinds: tenants and zones (empty: all).
     tenants: frozenset[str] = frozenset()
     zones: frozenset[str] = frozenset()
+    models: frozenset[str] = frozenset()  # the devices' `info.model` (empty: any)
 
     def in_group(self, device: DeviceRef) -> bool:
         return (not self.tenants or device.tenant in self.tenants) and (
@@ -76,6 +77,7 @@ def build_instances(configs: Sequence[DetectorConfig]) -> list[DetectorInstance]
                 detector,
                 frozenset(cfg.tenants),
                 frozenset(cfg.zones),
+                frozenset(cfg.models),
             )
         )
     return instances
@@ -85,6 +87,9 @@ class Engine:
     def __init__(self, instances: list[DetectorInstance]) -> None:
         self.instances = instances
         self._scores: list[ScoreSample] = []
+        # Each device's last reported `info.model`, kept only while an instance selects by
+        # model (bounded by the admitted devices).
+        self._model_of: dict[DeviceRef, str] = {}
 
     def reject_new_normal(self, detector: str, device: DeviceRef, since: float) -> list[str]:
         """An operator's verdict that `device`'s new level is not normal, passed to the
@@ -95,6 +100,13 @@ class Engine:
             if inst.source.name == detector
             for line in inst.detector.reject_new_normal(device, since)
         ]
+
+    def _learn_models(self, records: Sequence[Record]) -> None:
+        model_of = self._model_of
+        for record in records:
+            model = record.info.get("model")
+            if model is not None and model_of.get(record.device) != model:
+                model_of[record.device] = model
 
     def take_scores(self) -> list[ScoreSample]:
         """Score samples of the scoring detectors in the last `process` call. Callers that do
@@ -117,6 +129,10 @@ class Engine:
         by_kind: dict[str, list[Record]] = defaultdict(list)
         for record in records:
             by_kind[record.device.kind].append(record)
+        if any(inst.models for inst in self.instances):
+            self._learn_models(records)
+        elif self._model_of:
+            self._model_of = {}
         results = []
         for inst in self.instances:
             # Arrival order is kept across kinds too: detectors that read the stream's time
@@ -129,6 +145,9 @@ class Engine:
                 selected = [r for r in records if r.device.kind in inst.kinds]
             if inst.tenants or inst.zones:
                 selected = [r for r in selected if inst.in_group(r.device)]
+            if inst.models:
+                model_of = self._model_of
+                selected = [r for r in selected if model_of.get(r.device) in inst.models]
             transitions = self._run(inst, selected) if selected else []
             if commands and isinstance(inst.detector, CommandConsumer):
                 mine = [
@@ -142,3 +161,5 @@ class Engine:
     def forget(self, device_ids: set[str]) -> None:
         for inst in self.instances:
             inst.detector.forget(device_ids)
+        for ref in [ref for ref in self._model_of if ref.device_id in device_ids]:
+            del self._model_of[ref]

@@ -100,4 +100,5 @@ def info(device: Device) -> dict[str, str]:
         "src_ip": device.ip,
         "firmware": device.firmware,
         "config_hash": config_hash(device),
+        "model": device.model,
     }

@@ -53,3 +53,21 @@ def test_score_samples_are_held_for_one_batch_only() -> None:
         devices = [DeviceRef("lyon", "gerland", "video", f"cam-{i}") for i in range(10)]
         engine.process([Record(d, 60.0 * batch, {"fps": 25.0}) for d in devices])
     assert len(engine.take_scores()) == 10
+
+
+def test_a_group_by_model_follows_the_model_each_device_reported() -> None:
+    """`models` selects devices by their telemetry's `info.model`; a device's later reports
+    without `info` keep the model it last reported."""
+    cfg = Config(detectors=[rule("upload-old-cameras", 15_000, models=["CAM-2MP-A"])])
+    engine = Engine(build_instances(cfg.detectors))
+    old, new = (DeviceRef("lyon", "gerland", "video", f"cam-{m}") for m in ("old", "new"))
+    first = [
+        Record(old, 1.0, {"upload_kbps": 1_000}, info={"model": "CAM-2MP-A"}),
+        Record(new, 1.0, {"upload_kbps": 1_000}, info={"model": "CAM-4K-B"}),
+    ]
+    assert engine.process(first) == []
+    surge = [Record(dev, 2.0, {"upload_kbps": 20_000}) for dev in (old, new)]  # no info
+    fired = [t.device for _, ts in engine.process(surge) for t in ts]
+    assert fired == [old]
+    engine.forget({"cam-old"})
+    assert engine.process([Record(old, 3.0, {"upload_kbps": 20_000})]) == []  # model unknown

@@ -53,7 +53,7 @@ METRIC_SETS = {
     ],
     "video": [{"bitrate_kbps", "fps", "upload_kbps", "storage_pct", "uptime_s"} | NET],
 }
-INFO_KEYS = {"client_id", "src_ip", "firmware", "config_hash"}
+INFO_KEYS = {"client_id", "src_ip", "firmware", "config_hash", "model"}
 # Plausible ranges (inclusive) for a healthy device.
 RANGES = {
     "on": (0, 1),
