@@ -266,6 +266,7 @@ class NativeReader:
         self._paused = False
         self._stopping = False
         self.connected = asyncio.Event()
+        self.last_error = ""  # why the last connection ended, as logged
         inbox.pause, inbox.resume = self.pause, self.resume
 
     # --- called by the connection and the agent -------------------------------------------
@@ -350,6 +351,7 @@ class NativeReader:
                 return
             self._metrics.mqtt_reconnects.inc()
             delay = backoff.next_delay()
+            self.last_error = error
             log.warning("mqtt_disconnected", error=error, retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
 
