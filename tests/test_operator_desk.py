@@ -173,3 +173,30 @@ def test_a_true_positive_rejects_the_new_normal_its_detector_adopted(tmp_path: P
     # A false positive on it undoes nothing: the operator agrees the level is normal.
     fb, _ = desk.give_feedback(again.fingerprint, "fp", "ana@soc", "", T0 + 31_000)
     assert fb.undone == ()
+
+
+def test_a_false_positive_on_a_peer_rule_suggests_a_new_peer_factor(tmp_path: Path) -> None:
+    """A peer rule's line is peer_factor x the peers' quantile: the suggestion moves the factor
+    so that the peak seen would not have fired."""
+    book, desk, _ = make_desk(tmp_path)
+    params = {
+        "metric": "driver_temp_c",
+        "op": ">",
+        "value_from": "peers",
+        "peer_quantile": 0.99,
+        "min_peers": 5,
+    }
+    rule = ThresholdRule(registry.parse_params("threshold", params))
+    lamps = [DeviceRef("lyon", "gerland", "lighting", f"lamp-{i}") for i in range(8)]
+    rule.update([Record(lamp, T0, {"driver_temp_c": 40.0 + i}) for i, lamp in enumerate(lamps)])
+    (raised,) = rule.update([Record(lamps[0], T0 + 60, {"driver_temp_c": 70.0})])
+    source = AlertSource("lamp-hotter-than-peers", "LampHot", "threshold", "warning")
+    (alert,) = book.apply(source, [raised])
+    _, made = desk.give_feedback(alert.fingerprint, "fp", "ana@soc", "hot day", T0 + 120)
+    (proposal,) = [s for s in made if s.kind == "threshold"]
+    assert proposal.proposed["param"] == "peer_factor"
+    factor = float(proposal.proposed["value"])
+    line = raised.evidence["peer_value"]
+    assert isinstance(line, float)
+    assert 70.0 / line < factor < 1.2 * 70.0 / line  # just above the peak, with a margin
+    assert "peer_factor =" in proposal.detail
