@@ -181,5 +181,8 @@ async def test_a_small_inbox_pauses_reading_and_loses_nothing(
         acked = agent.metrics.registry.get_sample_value("sentinel_mqtt_acked_total")
     assert stored[0]["count"] == total
     assert acked == total
-    # One socket read can hand over several messages past the mark, never thousands.
-    assert high_water <= peak < high_water + 500
+    # Past the mark by at most one socket read: asyncio reads up to 256 KiB at a time, and the
+    # native reader hands a whole read's messages over at once (paho: a few). Without the
+    # pause, all 5,000 would pile up.
+    smallest = min(len(topic) + len(payload) + 4 for topic, payload in messages)
+    assert high_water <= peak < high_water + 256 * 1024 // smallest
