@@ -63,7 +63,7 @@ def load(engine: Engine, path: Path) -> list[str]:
             continue
         try:
             inst.detector.load_state(entry["state"])
-        except (StateError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (StateError, KeyError, TypeError, ValueError) as exc:
             # A checkpoint from another version, or a damaged one: start this detector fresh.
             log.warning("checkpoint_detector_skipped", detector=inst.source.name, error=str(exc))
             continue

@@ -70,7 +70,6 @@ _MAX_SEQ = 2**63 - 1
 # an identity field the identity detector compares.
 INFO_KEYS = frozenset({"client_id", "src_ip", "firmware", "config_hash", "model"})
 MAX_INFO_ENTRIES = 8
-_INFO_VALUE = re.compile(r"[\x20-\x7e]{1,64}")
 _MAX_KNOWN_METRICS = 4096
 _INT64 = 1 << 63
 # Command payloads: a name, optional sender, and a few numeric arguments.
@@ -142,7 +141,8 @@ def _number(name: str, value: Any) -> float:
 
 
 def _printable_ascii(text: str) -> bool:
-    """`_INFO_VALUE.fullmatch(text)`, with str methods: several times faster, on every report."""
+    """1 to 64 characters of 0x20-0x7E (info values, command senders): str methods, several
+    times faster than a regular expression, on every report."""
     return 0 < len(text) <= 64 and text.isascii() and text.isprintable()
 
 
@@ -281,9 +281,7 @@ class Decoder:
         if not isinstance(name, str) or not _METRIC.fullmatch(name):
             raise _Reject(Reason.BAD_COMMAND, "cmd must be a name like set_dim")
         sender = body.get("client_id")
-        if sender is not None and (
-            not isinstance(sender, str) or not _INFO_VALUE.fullmatch(sender)
-        ):
+        if sender is not None and (not isinstance(sender, str) or not _printable_ascii(sender)):
             raise _Reject(Reason.BAD_COMMAND, "client_id must be 1-64 printable ASCII characters")
         ts = now
         if "ts" in body:
