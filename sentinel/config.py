@@ -159,6 +159,9 @@ class InfluxConfig(_Section):
     spool_dir: Path | None = None
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
     spool_after_s: float = Field(default=5.0, ge=0)
+    # ... and once the oldest point in memory has waited this long (InfluxDB up but slower
+    # than the stream): acknowledgements, hence the broker's flow to us, follow the disk.
+    spool_lag_s: float = Field(default=2.0, gt=0)
 
     def secret(self) -> str | None:
         return _read_secret(self.password, self.password_file, "influxdb.password_file")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import aiomqtt
@@ -25,3 +26,23 @@ async def publish_all(
         for start in range(0, len(messages), window):
             chunk = messages[start : start + window]
             await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
+
+
+async def publish_paced(
+    mqtt_url: str, messages: Sequence[tuple[str, bytes]], rate: int, tick_s: float = 0.1
+) -> None:
+    """QoS 1 publish at `rate` messages per second, a tick's worth at a time."""
+    host, port = host_port(mqtt_url)
+    per_tick = max(1, round(rate * tick_s))
+    async with aiomqtt.Client(
+        host,
+        port,
+        username="sentinel-sim",
+        password=secret("mqtt-sim"),
+        max_inflight_messages=per_tick,
+    ) as client:
+        started = time.monotonic()
+        for n, start in enumerate(range(0, len(messages), per_tick)):
+            chunk = messages[start : start + per_tick]
+            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
+            await asyncio.sleep(max(0.0, started + (n + 1) * tick_s - time.monotonic()))

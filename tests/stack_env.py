@@ -103,9 +103,14 @@ def require_stack(*services: str) -> dict[str, str]:
     pytest.skip(reason)
 
 
+def service_pid(name: str) -> int:
+    """The pid the stack script recorded for one of its services."""
+    return int((stack_dir() / "run" / f"{name}.pid").read_text().strip())
+
+
 def stop_service(name: str, timeout_s: float = 30.0) -> None:
     """Stop one service of the running stack (SIGTERM to the pid it recorded), and wait."""
-    pid = int((stack_dir() / "run" / f"{name}.pid").read_text().strip())
+    pid = service_pid(name)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import aiomqtt
 import orjson
 import pytest
 
@@ -20,29 +19,13 @@ from tests.conftest import (
     rows,
     running_agent,
 )
-from tests.stack_env import host_port, secret, start_stack, stop_service
+from tests.mqtt_util import publish_paced
+from tests.stack_env import start_stack, stop_service
 
 pytestmark = pytest.mark.stack
 
 RATE = 2000  # messages per second
 OUTAGE_S = float(os.environ.get("SENTINEL_TEST_OUTAGE_S", "60"))
-
-
-async def publish_paced(stack: Stack, messages: list[tuple[str, bytes]]) -> None:
-    host, port = host_port(stack.mqtt_url)
-    tick, per_tick = 0.1, RATE // 10
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-sim",
-        password=secret("mqtt-sim"),
-        max_inflight_messages=per_tick,
-    ) as client:
-        started = time.monotonic()
-        for n, start in enumerate(range(0, len(messages), per_tick)):
-            chunk = messages[start : start + per_tick]
-            await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
-            await asyncio.sleep(max(0.0, started + (n + 1) * tick - time.monotonic()))
 
 
 async def test_influxdb_away_under_load_loses_nothing(
@@ -64,7 +47,7 @@ async def test_influxdb_away_under_load_loses_nothing(
         influxdb={"spool_dir": str(tmp_path / "spool"), "spool_after_s": 2.0, "retry_max_s": 2.0},
     )
     async with running_agent(cfg) as agent:
-        publisher = asyncio.create_task(publish_paced(stack, messages))
+        publisher = asyncio.create_task(publish_paced(stack.mqtt_url, messages, RATE))
         await asyncio.sleep(5)
         await asyncio.to_thread(stop_service, "influxdb")
         try:

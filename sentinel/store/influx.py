@@ -77,11 +77,13 @@ class InfluxHttp:
 class InfluxWriter:
     """Batches lines by size and time and writes them in order, without dropping any.
 
-    While InfluxDB answers, lines wait in memory. Once writes have failed for `spool_after_s`
-    (or memory holds `max_buffered_points`), lines go to the on-disk spool instead, and stay
-    there in order until InfluxDB is back and the spool is drained. Without a spool, or with
-    a full one, `put` waits: the pipeline slows, the MQTT reader pauses, and the broker keeps
-    the messages for our persistent session.
+    While InfluxDB answers, lines wait in memory. Once writes have failed for `spool_after_s`,
+    once the oldest line in memory has waited `spool_lag_s` (InfluxDB answers, but slower than
+    lines come), or once memory holds `max_buffered_points`, lines go to the on-disk spool
+    instead, and stay there in order until the spool is drained. A slow InfluxDB then delays
+    storage, not acknowledgements: the broker keeps sending, and detection keeps its pace.
+    Without a spool, or with a full one, `put` waits: the pipeline slows, the MQTT reader
+    pauses, and the broker keeps the messages for our persistent session.
 
     A line is *durable* once InfluxDB has it or the spool has fsynced it (`wait_durable`);
     the agent acknowledges a message to the broker only then.
@@ -96,6 +98,9 @@ class InfluxWriter:
         self._spool = spool
         self._lines: deque[str] = deque()
         self._writing = asyncio.Lock()
+        # A batch from memory is on its way to InfluxDB; and was spooled meanwhile (see _spill).
+        self._out = False
+        self._out_spooled = False
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -106,6 +111,8 @@ class InfluxWriter:
         # InfluxDB): both grow in FIFO order, so a position is durable once `durable` reaches it.
         self._enqueued = 0
         self.durable = 0
+        # (position after a put, when): the first entry not yet durable dates the oldest line.
+        self._put_at: deque[tuple[int, float]] = deque()
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         if spool is not None:
             metrics.spool_capacity_bytes.set(spool.max_bytes)
@@ -129,6 +136,8 @@ class InfluxWriter:
 
     def _settled(self, n: int) -> None:
         self.durable += n
+        while self._put_at and self._put_at[0][0] <= self.durable:
+            self._put_at.popleft()
         still: list[tuple[int, asyncio.Future[None]]] = []
         for position, future in self._waiters:
             if position > self.durable:
@@ -142,13 +151,19 @@ class InfluxWriter:
             return False
         if self._spool:
             return True  # keep order: nothing overtakes what is already spooled
+        now = time.monotonic()
         outage = self.failing_since is not None and (
-            time.monotonic() - self.failing_since >= self._cfg.spool_after_s
+            now - self.failing_since >= self._cfg.spool_after_s
         )
-        return outage or len(self._lines) >= self._cfg.max_buffered_points
+        lagging = bool(self._put_at) and now - self._put_at[0][1] >= self._cfg.spool_lag_s
+        return outage or lagging or len(self._lines) >= self._cfg.max_buffered_points
 
     def _spill(self) -> bool:
-        """Move every line in memory to the spool; False when the spool is full."""
+        """Move every line in memory to the spool; False when the spool is full.
+
+        Never waits for a batch on its way to InfluxDB: a stalled write must not hold up
+        acks. That batch is spooled too, so it may be written twice: the same points again,
+        which InfluxDB absorbs."""
         assert self._spool is not None
         if not self._lines:
             return True
@@ -158,6 +173,7 @@ class InfluxWriter:
             return False
         n = len(self._lines)
         self._lines.clear()
+        self._out_spooled = self._out
         self._settled(n)
         self._metrics.spooled_points.inc(n)
         self._metrics.spool_bytes.set(self._spool.bytes)
@@ -165,8 +181,11 @@ class InfluxWriter:
         return True
 
     async def put(self, lines: list[str]) -> None:
+        if not lines:
+            return
         self._lines.extend(lines)
         self._enqueued += len(lines)
+        self._put_at.append((self._enqueued, time.monotonic()))
         self._metrics.queue_depth.labels("influx").set(len(self._lines))
         if self._should_spool() and self._spill():
             return
@@ -201,6 +220,8 @@ class InfluxWriter:
             return await self._write_next_unlocked()
 
     async def _write_next_unlocked(self) -> bool:
+        if self._should_spool():
+            self._spill()
         from_spool = bool(self._spool)
         if self._spool:
             batch = self._spool.head(self._cfg.batch_size)
@@ -208,7 +229,13 @@ class InfluxWriter:
             batch = [self._lines[i] for i in range(min(len(self._lines), self._cfg.batch_size))]
         if not batch:
             return True
-        if not await self._send(batch):
+        self._out = not from_spool
+        try:
+            sent = await self._send(batch)
+        finally:
+            spooled_meanwhile = self._out_spooled
+            self._out = self._out_spooled = False
+        if not sent:
             return False
         if from_spool:
             assert self._spool is not None
@@ -216,7 +243,7 @@ class InfluxWriter:
             self._metrics.spool_bytes.set(self._spool.bytes)
             if not self._spool:
                 log.info("spool_drained")
-        else:
+        elif not spooled_meanwhile:  # else the spool has these lines, settled already
             for _ in range(len(batch)):
                 self._lines.popleft()
             self._settled(len(batch))
