@@ -5,16 +5,21 @@ Alertmanager.
 The configuration is a copy of eval.toml; the run's own settings come from the documented
 `SENTINEL_<SECTION>__<KEY>` overrides: a fresh client id (its own persistent session), the
 run's topic root, a fresh database, free HTTP port, secrets as files (never in argv or env),
-and the MQTT reader under test (`[mqtt] client`: "paho" or "native").
+the MQTT reader under test (`[mqtt] client`: "paho" or "native"), and an on-disk spool of
+its own, as the shipped deploy/sentinel.toml has. Before stopping it, the receiver waits for
+the spool to drain, and reports how long that took: the run's figures count a message once
+it is durable (stored or spooled), and InfluxDB's count at the end shows all were stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -31,6 +36,7 @@ from sentinel.topics import TopicPattern
 
 EVAL_CONFIG = REPO / "deploy" / "eval.toml"
 USER = "sentinel-agent"
+DRAIN_LIMIT_S = 600.0
 
 
 def metric_sum(text: str, sample: str, **labels: str) -> float:
@@ -103,6 +109,7 @@ class AgentReceiver:
             "SENTINEL_INFLUXDB__USERNAME": s.influx_user,
             "SENTINEL_INFLUXDB__PASSWORD_FILE": str(s.secret_file("influx-agent")),
             "SENTINEL_ALERTMANAGER__URL": s.am_url,
+            "SENTINEL_INFLUXDB__SPOOL_DIR": str(self.workdir / f"spool-{self.client_id}"),
             "SENTINEL_HTTP__LISTEN": f"127.0.0.1:{self.port}",
         }
 
@@ -145,14 +152,32 @@ class AgentReceiver:
             "rejected": metric_sum(text, "sentinel_rejects_total"),
             "alerts": metric_sum(text, "sentinel_alerts_total"),
             "points_written": metric_sum(text, "sentinel_influx_points_written_total"),
+            "spooled_points": metric_sum(text, "sentinel_spooled_points_total"),
             "tracked_devices": metric_sum(text, "sentinel_tracked_devices"),
             "rss_bytes": procstat.rss_bytes(self._proc.pid),
         }
 
+    async def _wait_drained(self) -> float:
+        """Seconds until the agent holds no point for InfluxDB, in memory or spooled."""
+        began = time.monotonic()
+        while time.monotonic() - began < DRAIN_LIMIT_S:
+            text = await self._metrics()
+            held = metric_sum(text, "sentinel_spool_bytes") + metric_sum(
+                text, "sentinel_queue_depth", queue="influx"
+            )
+            if not held:
+                break
+            await asyncio.sleep(0.5)
+        return time.monotonic() - began
+
     async def stop(self) -> dict[str, float]:
-        """SIGTERM (an orderly stop: it writes what it holds), then count what InfluxDB has."""
+        """Wait for the spool to drain, SIGTERM (an orderly stop: it writes what it holds),
+        then count what InfluxDB has."""
         out: dict[str, float] = {}
         if self._proc is not None and self._proc.returncode is None:
+            # Not serving: stop it anyway, InfluxDB's count will tell.
+            with contextlib.suppress(aiohttp.ClientError):
+                out["drain_s"] = await self._wait_drained()
             self._proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self._proc.wait(), 60)
