@@ -1,25 +1,38 @@
 """The fleet's message stream over a span of simulated time, in time order.
 
 Reports are made batch by batch: the schedule says who reports when, each sub-type's model computes
-the batch's metrics as numpy columns, and only the JSON encoding runs per message. Memory stays
-bounded by the batch size whatever the fleet size or the span.
+the batch's metrics as numpy columns, orjson writes each column's numbers in one call, and per
+message only a `%` splices them into the payload and a tuple is made. Memory stays bounded by the
+batch size whatever the fleet size or the span.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 
 import numpy as np
-import orjson
 
 from simulators import network, noise, sun
 from simulators.anomalies import Anomaly, AnomalySpec, Metrics
 from simulators.effects import EMPTY_PLAN, Effect, LegacyAnomaly, Report, StreamPlan
 from simulators.fleet import Device, Fleet
-from simulators.messages import DEFAULT_TOPIC_PREFIX, Message, check_prefix, online, topic
+from simulators.messages import (
+    DEFAULT_TOPIC_PREFIX,
+    Message,
+    check_prefix,
+    online,
+    payload_head,
+    payload_tail,
+    plain_messages,
+    telemetry_payloads,
+    topic,
+)
 from simulators.schedule import Schedule
 from simulators.telemetry import TelemetryModel, model_for
 
@@ -40,67 +53,73 @@ _JITTER_STREAM = 1_001
 
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """Reports due in one window, in time order (parallel arrays)."""
+    """Reports due in one window, in time order (parallel arrays), and their payloads."""
 
     devices: np.ndarray  # fleet index
     times_ms: np.ndarray  # when sent, simulated
     report: np.ndarray  # the device's report number since the epoch
     device_ts: np.ndarray  # payload ts: the device's clock, jittered
     seq: np.ndarray
+    # Filled by the groups: per position its payload (None: an effect dropped the report),
+    # and the messages effects add right after a position.
+    payloads: np.ndarray = field(init=False)
+    dropped: set[int] = field(default_factory=set)
+    extras: dict[int, list[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "payloads", np.empty(len(self.devices), dtype=object))
+
+    def stream(self) -> tuple[np.ndarray, list[bytes]]:
+        """The batch positions of the messages to publish, in stream order, and their payloads:
+        a dropped report publishes nothing, an effect's extras follow their report."""
+        payloads: list[bytes] = self.payloads.tolist()
+        if not self.dropped and not self.extras:
+            return np.arange(len(payloads)), payloads
+        at: list[int] = []
+        out: list[bytes] = []
+        done = 0
+        for pos in sorted(self.dropped | self.extras.keys()):
+            at += range(done, pos)
+            out += payloads[done:pos]
+            added = self.extras.get(pos, [])
+            if pos not in self.dropped:
+                added = [payloads[pos], *added]
+            at += [pos] * len(added)
+            out += added
+            done = pos + 1
+        at += range(done, len(payloads))
+        out += payloads[done:]
+        return np.array(at, dtype=np.int64), out
 
 
 @dataclass(frozen=True, slots=True)
 class _Group:
-    """The devices of one sub-type and their model."""
+    """The devices of one sub-type, their model, and the constant parts of their payloads."""
 
     model: TelemetryModel
     devices: tuple[Device, ...]
     kind: str
     infos: tuple[dict[str, str], ...]
+    heads: np.ndarray  # per device, `payload_head` (object array: indexed by rows in one call)
+    tails: np.ndarray  # per device, `payload_tail` of its info
 
-    def encode(
-        self,
-        batch: _Batch,
-        at: np.ndarray,
-        rows: np.ndarray,
-        targets: _Targets,
-        out: list[bytes | None],
-        extras: dict[int, list[bytes]],
-    ) -> None:
-        """JSON payloads of this group's reports at batch positions `at`, written into `out`
-        (None for a report an effect dropped); messages an effect adds go to `extras`."""
+    def encode(self, batch: _Batch, at: np.ndarray, rows: np.ndarray, targets: _Targets) -> None:
+        """The payloads of this group's reports at batch positions `at`, into `batch.payloads`;
+        the reports of targeted devices go through their effects."""
         t = batch.times_ms[at] / 1000.0
         report = batch.report[at]
         columns = self.model.metrics(rows, t, report)
         columns.update(network.columns(self.kind, self.model, rows, report, columns))
-        names = list(columns)
-        values = zip(*(c.tolist() for c in columns.values()), strict=True)
-        attacked = set(at[np.isin(batch.devices[at], targets.indices)].tolist())
-        dumps = orjson.dumps
-        infos = self.infos
-        for pos, row, ts, seq, vals in zip(
-            at.tolist(),
-            rows.tolist(),
-            batch.device_ts[at].tolist(),
-            batch.seq[at].tolist(),
-            values,
-            strict=True,
-        ):
-            metrics: Metrics = dict(zip(names, vals, strict=True))
-            if pos in attacked:
-                out[pos] = targets.apply(
-                    self.devices[row], ts, seq, metrics, infos[row], pos, extras
-                )
-                continue
-            out[pos] = dumps(
-                {
-                    "device_id": self.devices[row].device_id,
-                    "ts": ts,
-                    "seq": seq,
-                    "metrics": metrics,
-                    "info": infos[row],
-                }
-            )
+        ts, seq = batch.device_ts[at], batch.seq[at]
+        batch.payloads[at] = telemetry_payloads(
+            self.heads[rows].tolist(), ts, seq, columns, self.tails[rows].tolist()
+        )
+        attacked = np.flatnonzero(np.isin(batch.devices[at], targets.indices))
+        for j in attacked.tolist():
+            row, pos = int(rows[j]), int(at[j])
+            metrics: Metrics = {name: column[j].item() for name, column in columns.items()}
+            device, info = self.devices[row], self.infos[row]
+            targets.apply(device, ts[j].item(), seq[j].item(), metrics, info, pos, batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,21 +138,24 @@ class _Targets:
         metrics: Metrics,
         info: dict[str, str],
         pos: int,
-        extras: dict[int, list[bytes]],
-    ) -> bytes | None:
+        batch: _Batch,
+    ) -> None:
+        """Run the device's effects on its report at batch position `pos`."""
         history = self.history.get(device.device_id)
         report = Report(device, ts, seq, metrics, info, history=history)
         for effect in self.by_device.get(device.device_id, ()):
             if effect.applies(ts):
                 effect.apply(report)
         if report.extras:
-            extras[pos] = report.extras
+            batch.extras[pos] = report.extras
         if report.drop:
-            return None
+            batch.payloads[pos] = None
+            batch.dropped.add(pos)
+            return
         payload = report.payload()
+        batch.payloads[pos] = payload
         if history is not None:
             history.append(payload)
-        return payload
 
 
 def generate(
@@ -177,7 +199,7 @@ def generate(
         d: deque(maxlen=n) for d in by_device if (n := plan.history_depth(d)) > 0
     }
     targets = _Targets(by_device, indices, history)
-    return _messages(
+    batches = _batches(
         stream_fleet,
         start_ts=start_ts,
         end_ts=end_ts,
@@ -186,9 +208,11 @@ def generate(
         prefix=topic_prefix,
         plan=plan,
     )
+    # Iterated in C: no generator frame to resume per message.
+    return chain.from_iterable(batches)
 
 
-def _messages(
+def _batches(
     fleet: Fleet,
     *,
     start_ts: float,
@@ -197,15 +221,13 @@ def _messages(
     seed: int,
     prefix: str,
     plan: StreamPlan,
-) -> Iterator[Message]:
-    for device in fleet:
-        if device.device_id not in plan.unannounced:
-            yield online(prefix, device, start_ts)
+) -> Iterator[Iterable[Message]]:
+    """The stream, batch by batch."""
+    yield online(prefix, (d for d in fleet if d.device_id not in plan.unannounced), start_ts)
     scheduled = [m for m in plan.scheduled if start_ts <= m.ts < end_ts]
-    n_sched, k = len(scheduled), 0
-    next_sched = scheduled[0].ts if scheduled else math.inf
+    k = 0  # scheduled messages sent so far
     if not len(fleet):
-        yield from scheduled
+        yield scheduled
         return
 
     keys = noise.stream_keys(np.array([d.noise_key for d in fleet], dtype=np.uint64), seed)
@@ -214,8 +236,8 @@ def _messages(
         np.array([round(d.phase_s * 1000) for d in fleet], dtype=np.int64),
     )
     groups, group_of, row_of = _groups(fleet.devices, seed)
-    topics = [topic(prefix, d, "telemetry") for d in fleet]
-    ids = [d.device_id for d in fleet]
+    topics = np.array([topic(prefix, d, "telemetry") for d in fleet], dtype=object)
+    ids = np.array([d.device_id for d in fleet], dtype=object)
     start_ms, end_ms = math.ceil(start_ts * 1000), math.ceil(end_ts * 1000)
     first_report = schedule.first_report_at_or_after(start_ms)
 
@@ -223,6 +245,8 @@ def _messages(
         report = schedule.report_number(due, due_ms)
         sent = noise.uniform(keys[due], report, _MISSING_STREAM) >= MISSING_RATE
         devices, times_ms, report = due[sent], due_ms[sent], report[sent]
+        if not len(devices):
+            continue
         jitter = CLOCK_JITTER_S * noise.normal(keys[devices], report, _JITTER_STREAM)
         jitter = np.clip(jitter, -CLOCK_JITTER_MAX_S, CLOCK_JITTER_MAX_S)
         batch = _Batch(
@@ -232,27 +256,44 @@ def _messages(
             device_ts=np.round(times_ms / 1000.0 + jitter, 3),
             seq=report - first_report[devices],
         )
-        payloads: list[bytes | None] = [None] * len(devices)
-        extras: dict[int, list[bytes]] = {}
         for g, group in enumerate(groups):
             at = np.flatnonzero(group_of[devices] == g)
             if len(at):
-                group.encode(batch, at, row_of[devices[at]], targets, payloads, extras)
+                group.encode(batch, at, row_of[devices[at]], targets)
 
-        for pos, (i, ts_ms, payload) in enumerate(
-            zip(devices.tolist(), times_ms.tolist(), payloads, strict=True)
-        ):
-            ts = ts_ms / 1000
-            while next_sched <= ts:
-                yield scheduled[k]
-                k += 1
-                next_sched = scheduled[k].ts if k < n_sched else math.inf
-            if payload is not None:
-                yield Message(ts, topics[i], payload, ids[i])
-            if extras and pos in extras:
-                for extra in extras[pos]:
-                    yield Message(ts, topics[i], extra, ids[i])
-    yield from scheduled[k:]
+        at, payloads = batch.stream()
+        senders = devices[at]
+        messages: Iterable[Message] = plain_messages(
+            (times_ms[at] / 1000).tolist(),
+            topics[senders].tolist(),
+            payloads,
+            ids[senders].tolist(),
+        )
+        last_sent = times_ms[-1].item() / 1000  # of the batch's reports, dropped ones too
+        if k < len(scheduled) and scheduled[k].ts <= last_sent:
+            messages, k = _merge(messages, scheduled, k, last_sent)
+        yield messages
+    yield scheduled[k:]
+
+
+_sent_at = attrgetter("ts")
+
+
+def _merge(
+    batch: Iterable[Message], scheduled: list[Message], k: int, until: float
+) -> tuple[list[Message], int]:
+    """The batch's messages with the scheduled messages from the k-th on that are due by `until`,
+    each before the first message sent at or after its time; and the number of scheduled sent."""
+    messages = list(batch)
+    out: list[Message] = []
+    done = 0
+    while k < len(scheduled) and scheduled[k].ts <= until:
+        cut = bisect_left(messages, scheduled[k].ts, done, key=_sent_at)
+        out += messages[done:cut]
+        out.append(scheduled[k])
+        done, k = cut, k + 1
+    out += messages[done:]
+    return out, k
 
 
 def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndarray, np.ndarray]:
@@ -266,5 +307,8 @@ def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndar
         row_of[members] = np.arange(len(members))
         mine = tuple(devices[i] for i in members)
         infos = tuple(network.info(d) for d in mine)
-        groups.append(_Group(model_for(subtype, mine, seed), mine, mine[0].kind, infos))
+        heads = np.array([payload_head(d.device_id) for d in mine], dtype=object)
+        tails = np.array([payload_tail(info) for info in infos], dtype=object)
+        model = model_for(subtype, mine, seed)
+        groups.append(_Group(model, mine, mine[0].kind, infos, heads, tails))
     return groups, group_of, row_of

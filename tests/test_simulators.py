@@ -18,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulators import generator
 from simulators.anomalies import AnomalySpec, CameraUploadSurge, GroundTruth
+from simulators.effects import Replay, Silence, StreamPlan
 from simulators.fleet import Device, Fleet, build_fleet
 from simulators.generator import generate
 from simulators.inventory import load_inventory, write_inventory
-from simulators.messages import Message
+from simulators.messages import Message, status
 
 PARIS = ZoneInfo("Europe/Paris")
 
@@ -515,6 +517,66 @@ def test_inventory_rejects_bad_entries(tmp_path: Path, lyon: Fleet) -> None:
         path.write_bytes(orjson.dumps(bad))
         with pytest.raises(ValueError, match=str(path)):
             load_inventory(path)
+
+
+# --- a plan in the stream ----------------------------------------------------------------------
+
+
+def test_batches_never_show_in_a_planned_stream(
+    lyon: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped reports, replayed ones and scheduled messages (at reports' times, at a dropped
+    report's time, before the first report, after the last): the same stream whatever the batch
+    size, and a scheduled message comes right before the first message sent at or after it."""
+    end = START + 600
+    plain = [m for m in generate(lyon, START, end, None, 3) if m.topic.endswith("/telemetry")]
+    silent, replayed, other = [d for d in lyon if d.kind == "video"][:3]
+    silent_sent = [m.ts for m in plain if m.device_id == silent.device_id]
+    window = (silent_sent[5], silent_sent[20])  # payload ts is within 0.5 s of the send time
+    # Reports in a row: with 7 per batch, some of them end a batch.
+    in_a_row = sorted({m.ts for m in plain[len(plain) // 3 :]})[:15]
+    scheduled = [
+        status("fleet", other, "offline", at)
+        for at in (START + 0.0005, *in_a_row, silent_sent[10], end - 0.0005)
+    ]
+    plan = StreamPlan(
+        effects={
+            silent.device_id: (Silence(*window),),
+            replayed.device_id: (Replay(START, math.inf, lag=2),),
+        },
+        scheduled=tuple(sorted(scheduled, key=lambda m: m.ts)),
+    )
+    stream = list(generate(lyon, START, end, None, 3, plan=plan))
+    monkeypatch.setattr(generator, "BATCH_SIZE", 7)
+    assert list(generate(lyon, START, end, None, 3, plan=plan)) == stream
+
+    assert [m.ts for m in stream] == sorted(m.ts for m in stream)
+    sent = [m for m in stream if m.topic.endswith("/telemetry")]
+    for s in scheduled:
+        i = stream.index(s)
+        before = [m.ts for m in stream[:i] if m.topic.endswith("/telemetry")]
+        after = [m.ts for m in stream[i + 1 :] if m.topic.endswith("/telemetry")]
+        assert all(t < s.ts for t in before)
+        assert all(t >= s.ts for t in after)
+    assert len(stream) == len(lyon) + len(scheduled) + len(sent)
+
+    def payloads(messages: list[Message], device: Device) -> list[bytes]:
+        return [m.payload for m in messages if m.device_id == device.device_id]
+
+    silenced = [
+        p for p in payloads(plain, silent) if window[0] <= orjson.loads(p)["ts"] < window[1]
+    ]
+    assert len(silenced) == 15
+    assert payloads(sent, silent) == [p for p in payloads(plain, silent) if p not in silenced]
+    genuine = payloads(plain, replayed)
+    expected = genuine[:2] + [
+        x for i in range(2, len(genuine)) for x in (genuine[i], genuine[i - 2])
+    ]
+    assert payloads(sent, replayed) == expected
+    others = {silent.device_id, replayed.device_id}
+    assert [m for m in sent if m.device_id not in others] == [
+        m for m in plain if m.device_id not in others
+    ]
 
 
 # --- scale ---------------------------------------------------------------------------------------

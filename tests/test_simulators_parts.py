@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -17,8 +18,15 @@ from hypothesis import strategies as st
 
 from simulators import localtime, noise, sun
 from simulators.anomalies import AnomalySpec, GroundTruth
+from simulators.effects import encode
 from simulators.inventory import load_inventory
-from simulators.messages import Message
+from simulators.messages import (
+    Message,
+    payload_head,
+    payload_tail,
+    plain_messages,
+    telemetry_payloads,
+)
 from simulators.mqtt_session import BrokerUrl
 from simulators.publisher import Pacer, PublishStats
 from simulators.runner import SimulationConfig, run_simulation
@@ -111,6 +119,91 @@ def test_noise_is_deterministic_uniform_and_seed_dependent() -> None:
     z = noise.normal(keys, counter, 1)
     assert abs(z.mean()) < 0.02
     assert abs(z.std() - 1) < 0.02
+
+
+# Values that JSON writes in unusual ways: signed zeros, exponents, null for non-finite numbers.
+_ODD_FLOATS = [0.0, -0.0, 1e16, -1e-7, 5e-324, 1.7976931348623157e308, math.nan, math.inf, 0.1]
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=8)
+
+
+def _column(
+    values: st.SearchStrategy[Any], rows: int, dtype: type
+) -> st.SearchStrategy[np.ndarray]:
+    """A metric column of a few distinct values, so that it is often one value throughout."""
+    return (
+        st.lists(values, min_size=1, max_size=3)
+        .flatmap(lambda few: st.lists(st.sampled_from(few), min_size=rows, max_size=rows))
+        .map(lambda column: np.array(column, dtype=dtype))
+    )
+
+
+def _ints(rows: int) -> st.SearchStrategy[np.ndarray]:
+    """Small counts, big counters, negatives."""
+    ints = st.integers(-(2**63), 2**63 - 1) | st.integers(0, 5_000)
+    return _column(ints, rows, np.int64)
+
+
+def _floats(rows: int) -> st.SearchStrategy[np.ndarray]:
+    return _column(st.floats() | st.sampled_from(_ODD_FLOATS), rows, np.float64)
+
+
+@given(data=st.data(), rows=st.integers(0, 12))
+@settings(max_examples=150, deadline=None)
+def test_batch_payloads_are_what_orjson_makes_of_each_report(
+    data: st.DataObject, rows: int
+) -> None:
+    names = data.draw(st.lists(_TEXT, max_size=6, unique=True))
+    columns = {name: data.draw(_ints(rows) | _floats(rows)) for name in names}
+    ids = data.draw(st.lists(_TEXT, min_size=rows, max_size=rows))
+    infos = [data.draw(st.dictionaries(_TEXT, _TEXT, max_size=3)) for _ in range(rows)]
+    ts = data.draw(_floats(rows))
+    seq = data.draw(_ints(rows))
+
+    got = telemetry_payloads(
+        [payload_head(i) for i in ids], ts, seq, columns, [payload_tail(i) for i in infos]
+    )
+
+    want = [
+        encode(
+            ids[r],
+            ts[r].item(),
+            seq[r].item(),
+            {n: c[r].item() for n, c in columns.items()},
+            infos[r],
+        )
+        for r in range(rows)
+    ]
+    assert got == want
+
+
+def test_batch_payloads_odd_cases() -> None:
+    """0.0 and -0.0 are equal but written apart; `%` in a key or an id is plain text."""
+    columns = {"z%s": np.array([0.0, -0.0, 0.0]), "%b": np.array([7, 7, 7]), "n": np.ones(3)}
+    ts, seq = np.full(3, 1.5), np.arange(3)
+    ids, info = ["a%b", "b", "c%%"], {"k%s": "v%b"}
+    got = telemetry_payloads(
+        [payload_head(i) for i in ids], ts, seq, columns, [payload_tail(info)] * 3
+    )
+    metrics = [{n: c[r].item() for n, c in columns.items()} for r in range(3)]
+    assert got == [encode(ids[r], 1.5, r, metrics[r], info) for r in range(3)]
+    assert b'"z%s":-0.0' in got[1]
+
+
+def test_batch_payloads_take_numbers_only() -> None:
+    with pytest.raises(TypeError, match="numbers"):
+        telemetry_payloads(
+            [payload_head("d")],
+            np.zeros(1),
+            np.zeros(1, np.int64),
+            {"m": np.array(["x"])},
+            [payload_tail({})],
+        )
+
+
+def test_plain_messages_are_messages_with_the_default_fields() -> None:
+    made = list(plain_messages([1.5, 2.0], ["a/t", "b/t"], [b"{}", b"[]"], ["a", "b"]))
+    assert made == [Message(1.5, "a/t", b"{}", "a"), Message(2.0, "b/t", b"[]", "b")]
+    assert all(type(m) is Message and m.qos == 1 and not m.retain and not m.origin for m in made)
 
 
 def test_broker_url() -> None:
