@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from sentinel.cli import app
 from sentinel.config import load_config
-from sentinel.evaluation.runner import run_scenario, shard_zones
+from sentinel.evaluation.runner import run_scenario, shard_tenants
 from sentinel.evaluation.scoring import AlertRecord, RunOutcome, matches, score
 from simulators.anomalies import GroundTruth
 from simulators.fleet import build_fleet
@@ -132,7 +132,7 @@ def test_eval_detects_the_upload_surge_with_the_shipped_config() -> None:
     assert sum(result.rejected.values()) == 0
 
 
-def test_workers_split_by_zone_give_the_same_alerts() -> None:
+def test_workers_split_by_tenant_give_the_same_alerts() -> None:
     cfg = load_config(REPO / "deploy" / "eval.toml")
     sc = load_scenario("mirai-recruitment")
     one = run_scenario(sc, cfg, devices=60, days=0.25)
@@ -142,13 +142,24 @@ def test_workers_split_by_zone_give_the_same_alerts() -> None:
     assert one.alerts  # the telnet rule of eval.toml fires
 
 
-def test_shards_balance_zones() -> None:
+def test_shards_hold_whole_tenants_and_balance_them() -> None:
     fleet = build_fleet(2_000, 1)
-    shards = shard_zones(list(fleet), 2)
+    shards = shard_tenants(list(fleet), 2)
     assert set().union(*shards) == {(d.tenant, d.zone) for d in fleet}
     assert not shards[0] & shards[1]
+    tenants = [{t for t, _ in s} for s in shards]
+    assert not tenants[0] & tenants[1]  # a tenant's zones all on one worker
     rate = [sum(1 / d.cadence_s for d in fleet if (d.tenant, d.zone) in s) for s in shards]
-    assert abs(rate[0] - rate[1]) < 0.1 * sum(rate)
+    # The biggest tenant alone on one worker, the others together on the other.
+    biggest = max({d.tenant for d in fleet}, key=lambda t: sum(d.tenant == t for d in fleet))
+    assert {biggest} in tenants
+    assert min(rate) > 0
+
+
+def test_no_more_shards_than_tenants() -> None:
+    fleet = build_fleet(300, 1)
+    shards = shard_tenants(list(fleet), 8)
+    assert len(shards) == len({d.tenant for d in fleet})
 
 
 def test_eval_command_json_and_html(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ micro-batches, to `sentinel.pipeline.Pipeline` (decode, validate, store, detecto
 the code the live agent runs) with `now` = the simulated time of the batch. Nothing goes to a
 broker or a database: the store only counts.
 
-`workers > 1` splits the fleet by zone over that many processes (each simulates its zones and
-runs its own pipeline). Devices are simulated independently of each other, so every device's
-messages, and the alerts of any detector that looks at one device or one zone at a time, are
-the same as with one worker; a detector that correlates devices of different zones would not
-see them together.
+`workers > 1` splits the fleet by tenant over at most that many processes (each simulates its
+tenants and runs its own pipeline). Devices are simulated independently of each other, so every
+device's messages, and the alerts of any detector that stays within a tenant (all of them: peer
+groups fall back to the tenant, fleet incidents gather a tenant's zones), are the same as with
+one worker. A run has no more useful workers than tenants, and a big tenant sets the pace.
 
 The run's broker events (refused logins, subscriptions, client id takeovers: what the scenario's
 MQTT-layer actions did) go, in stream order, through the agent's traffic analyzer and alert
@@ -230,18 +230,22 @@ def expected_messages(fleet: Fleet, span_s: float) -> int:
     return len(fleet) + int(sum(span_s / d.cadence_s for d in fleet))
 
 
-def shard_zones(devices: Sequence[Device], workers: int) -> list[set[tuple[str, str]]]:
-    """Zones (tenant, zone) split over `workers` with about equal message rates (greedy)."""
-    load: Counter[tuple[str, str]] = Counter()
+def shard_tenants(devices: Sequence[Device], workers: int) -> list[set[tuple[str, str]]]:
+    """The zones (tenant, zone) of whole tenants, split over `workers` with about equal message
+    rates (greedy, biggest tenant first). Whole tenants: peer groups fall back to the tenant's
+    devices, and fleet incidents gather a tenant's zones; both must see all of a tenant."""
+    load: Counter[str] = Counter()
+    zones: dict[str, set[tuple[str, str]]] = {}
     for d in devices:
-        load[d.tenant, d.zone] += 1.0 / d.cadence_s  # type: ignore[assignment]
+        load[d.tenant] += 1.0 / d.cadence_s  # type: ignore[assignment]
+        zones.setdefault(d.tenant, set()).add((d.tenant, d.zone))
     shards: list[set[tuple[str, str]]] = [set() for _ in range(workers)]
     totals = [0.0] * workers
-    for zone, rate in sorted(load.items(), key=lambda kv: (-kv[1], kv[0])):
+    for tenant, rate in sorted(load.items(), key=lambda kv: (-kv[1], kv[0])):
         i = totals.index(min(totals))
-        shards[i].add(zone)
+        shards[i] |= zones[tenant]
         totals[i] += rate
-    return shards
+    return [s for s in shards if s]
 
 
 def _shard(run: ScenarioRun, zones: set[tuple[str, str]]) -> tuple[Fleet, StreamPlan]:
@@ -343,7 +347,7 @@ def _sharded(run: ScenarioRun, cfg: Config, workers: int, progress: Progress | N
     ctx = mp.get_context("fork")
     progress_q = ctx.Queue()
     results_q = ctx.Queue()
-    shards = shard_zones([*run.fleet, *run.compiled.plan.extra_devices], workers)
+    shards = shard_tenants([*run.fleet, *run.compiled.plan.extra_devices], workers)
     procs = [
         ctx.Process(
             target=_worker, args=(run, zones, cfg, i, progress_q, results_q), name=f"eval-{i}"
