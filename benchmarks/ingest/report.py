@@ -275,6 +275,11 @@ class Report:
         parts = [f"published {r.published:,} in {r.publish_s:.1f} s"]
         if "influx_points" in d:
             parts.append(f"InfluxDB {d['influx_points']:,.0f}/{d['influx_expected']:,.0f} points")
+        if d.get("spooled_points"):
+            parts.append(
+                f"{d['spooled_points']:,.0f} via the spool, drained {d.get('drain_s', 0):.0f} s "
+                "after the run"
+            )
         if "rss_bytes" in d:
             parts.append(f"RSS {d['rss_bytes'] / KIB / KIB:,.0f} MiB")
         if d.get("alerts"):
