@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 from detectors.base import Detector, DetectorParams
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
-from detectors.streams import StreamClock, forget_devices
+from detectors.streams import StreamClock, forget_devices, stream_start
 
 _CLIP = math.log(3.0)  # a gap counts as at most 3 intervals
 _FAST = math.log(0.5)  # gaps under half an interval are bursts, not cadence
@@ -110,44 +110,54 @@ class Cadence(Detector):
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
         changes: list[Transition] = []
-        heap, clock = self.heap_, self.clock_
+        heap, devices = self.heap_, self.devices_
+        now = self.clock_.now
+        self.started_ = stream_start(self.started_, self.clock_, records)
         for record in records:
-            now = clock.see(record.ts)
-            if self.started_ == -math.inf:  # the first record
-                self.started_ = now
-            change = self._report(record, now)
-            if change is not None:
-                changes.append(change)
+            ts = record.ts
+            if ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
+                now = ts
+            state = devices.get(record.device)
+            if state is None:
+                devices[record.device] = _Device(ts)
+                self._zones = None
+            else:
+                change = self._report(record.device, state, ts, now)
+                if change is not None:
+                    changes.append(change)
             if heap and heap[0][0] <= now:
                 changes += self._silences(now)
+        self.clock_.now = now
         return changes
 
-    def _report(self, record: Record, now: float) -> Transition | None:
+    def _report(
+        self, device: DeviceRef, state: _Device, ts: float, now: float
+    ) -> Transition | None:
         # Transitions carry the stream's time `now`: a replayed record's own ts is old.
         p = self.params
-        state = self.devices_.get(record.device)
-        if state is None:
-            self.devices_[record.device] = _Device(record.ts)
-            self._zones = None
-            return None
         change = None
-        ts = record.ts
         gap = ts - state.last_seen
         if state.firing == "silence":
-            change = self._clear(record.device, state, now, f"reporting again after {gap:.0f} s")
+            change = self._clear(device, state, now, f"reporting again after {gap:.0f} s")
+        bucket = state.bucket
         if gap > 0 and state.gaps:
             if gap > p.overdue_factor * state.interval:
                 state.gap_from, state.gap_to = state.last_seen, ts
-            drained = gap * p.flood_factor / state.interval
-            state.bucket = max(state.bucket - drained, 0.0)
-        state.bucket = min(state.bucket + 1.0, 2 * p.flood_burst)
+            bucket -= gap * p.flood_factor / state.interval
+            if bucket < 0.0:  # noqa: PLR1730 - per record: no max() call
+                bucket = 0.0
+        bucket += 1.0
+        if bucket > 2 * p.flood_burst:  # noqa: PLR1730 - per record: no min() call
+            bucket = 2 * p.flood_burst
+        state.bucket = bucket
         if gap > 0:
             self._learn(state, gap)
             state.last_seen = ts
         if state.gaps >= p.min_reports:
-            change = self._flood(record.device, state, now) or change
+            if state.firing or bucket > p.flood_burst:  # else _flood has nothing to do
+                change = self._flood(device, state, now) or change
             if not state.queued and not state.firing:
-                self._queue(record.device, state)
+                self._queue(device, state)
         return change
 
     def _learn(self, state: _Device, gap: float) -> None:
@@ -156,18 +166,23 @@ class Cadence(Detector):
         if state.firing == "flood":
             state.adopt_log += p.alpha * (log_gap - state.adopt_log)
             return  # a flagged stretch does not move the baseline
-        if state.gaps == 0:
+        gaps, log_interval = state.gaps, state.log_interval
+        if gaps == 0:
             state.log_interval = log_gap
-            state.interval = gap
+            state.interval = math.exp(log_gap)  # always exp(log_interval), to the last bit
         else:
-            if state.gaps >= p.min_reports:
-                if log_gap - state.log_interval < _FAST:
+            if gaps >= p.min_reports:
+                if log_gap - log_interval < _FAST:
                     return
-                log_gap = min(log_gap, state.log_interval + _CLIP)
-            weight = max(p.alpha, 1.0 / (state.gaps + 1))
-            state.log_interval += weight * (log_gap - state.log_interval)
-        state.interval = math.exp(state.log_interval)
-        state.gaps += 1
+                if log_gap > log_interval + _CLIP:  # noqa: PLR1730 - no min() call
+                    log_gap = log_interval + _CLIP
+            weight = 1.0 / (gaps + 1)
+            if weight < p.alpha:  # noqa: PLR1730 - per record: no max() call
+                weight = p.alpha
+            log_interval += weight * (log_gap - log_interval)
+            state.log_interval = log_interval
+            state.interval = math.exp(log_interval)
+        state.gaps = gaps + 1
 
     def _flood(self, device: DeviceRef, state: _Device, ts: float) -> Transition | None:
         p = self.params

@@ -70,6 +70,7 @@ class Identity(Detector):
         if not isinstance(params, IdentityParams):
             raise TypeError("Identity needs IdentityParams")
         super().__init__(params)
+        self._watched = frozenset(params.identity_fields) | frozenset(params.change_fields)
         self.devices_: dict[DeviceRef, _Device] = {}
         self.clock_ = StreamClock()
         # Changes awaiting their campaign verdict, in deadline order: (deadline, device, field).
@@ -81,15 +82,18 @@ class Identity(Detector):
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
         changes: list[Transition] = []
-        clock, pending = self.clock_, self.pending_
+        pending = self.pending_
+        now = self.clock_.now
         for record in records:
-            now = clock.see(record.ts)
+            if record.ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
+                now = record.ts
             if record.info:
                 change = self._report(record, now)
                 if change is not None:
                     changes.append(change)
             if pending and pending[0][0] <= now:
                 changes += self._verdicts(now)
+        self.clock_.now = now
         return changes
 
     def _report(self, record: Record, now: float) -> Transition | None:
@@ -98,19 +102,43 @@ class Identity(Detector):
         if state is None:
             state = self.devices_[record.device] = _Device()
         state.reports += 1
-        info = record.info
+        learned = state.learned
+        mismatch: tuple[str, str, str] | None = None
+        # The usual report: every watched field learned, and reported unchanged (two C-level
+        # view comparisons instead of two lookups per field).
+        if learned.keys() != self._watched or not learned.items() <= record.info.items():
+            mismatch = self._compare(record, state, now)
+        if state.firing:
+            return self._firing(record, state, mismatch, now)
+        if mismatch is not None and state.reports > p.learn_reports:
+            return self._mismatch(record, state, mismatch, now)
+        return None
+
+    def _compare(self, record: Record, state: _Device, now: float) -> tuple[str, str, str] | None:
+        """Learn the fields seen for the first time, hold the changes; the first identity
+        field that differs from the learned one."""
+        p = self.params
+        info, learn = record.info, state.learned.setdefault
         mismatch: tuple[str, str, str] | None = None
         for name in p.identity_fields:
             value = info.get(name)
             if value is None:
                 continue
-            learned = state.learned.setdefault(name, value)
+            learned = learn(name, value)
             if value != learned and mismatch is None:
                 mismatch = (name, learned, value)
         for name in p.change_fields:
             value = info.get(name)
-            if value is not None:
+            # The first value seen is learned; only another one is a change to look at.
+            if value is not None and learn(name, value) != value:
                 self._change(record.device, state, name, value, now)
+        return mismatch
+
+    def _firing(
+        self, record: Record, state: _Device, mismatch: tuple[str, str, str] | None, now: float
+    ) -> Transition | None:
+        """A report of a device whose alert fires: it may clear it, or confirm it."""
+        p = self.params
         if state.firing == "change" and now - state.firing_since >= p.hold_s:
             return self._clear(record, state, now, "change acknowledged after hold_s")
         if mismatch is not None and state.reports > p.learn_reports:
@@ -143,8 +171,8 @@ class Identity(Detector):
         return Transition(record.device, True, now, summary, evidence)
 
     def _change(self, device: DeviceRef, state: _Device, name: str, value: str, now: float) -> None:
-        learned = state.learned.setdefault(name, value)
-        if value == learned or state.pending.get(name) == value:
+        """`value` differs from the learned one: hold it for its campaign verdict."""
+        if state.pending.get(name) == value:
             return
         if name not in state.pending:
             self.pending_.append((now + self.params.campaign_window_s, device, name))

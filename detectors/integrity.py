@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import Field, field_validator
 
@@ -108,6 +108,7 @@ class _Device:
 
 
 Finding = dict[str, EvidenceValue]
+Bounds = tuple[float, float]
 
 
 @register("integrity")
@@ -120,44 +121,78 @@ class Integrity(Detector):
             raise TypeError("Integrity needs IntegrityParams")
         super().__init__(params)
         self._bounds = {**(DEFAULT_BOUNDS if params.default_bounds else {}), **params.bounds}
+        # Each stuck-watched metric and its offset in a device's `runs` array.
+        self._stuck_at = tuple((name, 3 * i) for i, name in enumerate(params.stuck_metrics))
         self.devices_: dict[DeviceRef, _Device] = {}
         self.clock_ = StreamClock()
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
+        # The hot loop: one pass per record with the parameters in locals; the helpers run
+        # only for what is rare (a sequence out of order, a finding, a firing device).
         changes: list[Transition] = []
-        clock = self.clock_
+        p = self.params
+        devices, bounds_of = self.devices_, self._bounds.get
+        tolerance, alpha, min_reports = p.backwards_tolerance_s, p.skew_alpha, p.skew_min_reports
+        max_skew, firing_max_skew = p.max_skew_s, p.max_skew_s / 2
+        stuck = bool(p.stuck_metrics)
+        now = self.clock_.now
         for record in records:
-            change = self._check(record, clock.see(record.ts))
-            if change is not None:
-                changes.append(change)
+            ts = record.ts
+            if ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
+                now = ts
+            state = devices.get(record.device)
+            order: Finding | None = None
+            if state is None:
+                state = devices[record.device] = _Device(ts, record.seq)
+            else:
+                seq, max_seq, last_ts = record.seq, state.max_seq, state.last_ts
+                if seq is not None and max_seq is not None and seq > max_seq:
+                    if ts < last_ts - tolerance:
+                        order = self._sequence(record, state)
+                    else:  # the usual report: the next seq, time going forward
+                        state.max_seq = seq
+                        if ts > last_ts:
+                            state.last_ts = ts
+                else:
+                    order = self._sequence(record, state)
+            # Every check runs (each keeps its own running state); the first finding is reported.
+            values = _out_of_bounds(record.metrics, bounds_of)
+            if values is None and stuck:
+                values = self._stuck_values(record, state)
+            skew: Finding | None = None
+            if ts >= state.last_ts:  # a late or replayed record is not a clock reading
+                reports = state.reports + 1
+                weight = 1.0 / reports
+                if weight < alpha:  # noqa: PLR1730 - per record: no max() call
+                    weight = alpha
+                state.skew += weight * (ts - now - state.skew)
+                state.reports = reports
+                limit = firing_max_skew if state.firing else max_skew
+                if reports >= min_reports and abs(state.skew) > limit:
+                    skew = {"check": "clock skew", "skew_s": round(state.skew, 3)}
+                    skew["max_skew_s"] = limit
+            finding = order or values or skew
+            if finding is not None or state.firing:
+                change = self._decide(record.device, state, finding, now)
+                if change is not None:
+                    changes.append(change)
+        self.clock_.now = now
         return changes
 
-    def _check(self, record: Record, now: float) -> Transition | None:
-        state = self.devices_.get(record.device)
-        order: Finding = {}
-        if state is None:
-            state = self.devices_[record.device] = _Device(record.ts, record.seq)
-        else:
-            order = self._sequence(record, state)
-        # Every check runs (each keeps its own running state); the first finding is reported.
-        values = self._values(record, state)
-        skew = self._skew(record, state, now)
-        return self._decide(record, state, order or values or skew, now)
-
-    def _sequence(self, record: Record, state: _Device) -> Finding:
+    def _sequence(self, record: Record, state: _Device) -> Finding | None:
         """Sequence and time order; updates the device's latest seq and ts."""
         p = self.params
         ts, seq, last_ts, max_seq = record.ts, record.seq, state.last_ts, state.max_seq
         back = ts < last_ts - p.backwards_tolerance_s
         state.last_ts = max(ts, last_ts)
-        finding: Finding = {}
+        finding: Finding | None = None
         if seq is not None and max_seq is not None:
             if seq == max_seq and ts != last_ts:
                 finding = {"check": "duplicate seq", "seq": seq, "ts": ts, "previous_ts": last_ts}
             elif seq < max_seq:
                 if ts > last_ts and seq <= p.reset_max_seq:
                     state.max_seq = seq  # the device restarted its counter
-                    return {}
+                    return None
                 finding = {"check": "replayed", "seq": seq, "max_seq": max_seq}
                 finding.update(ts=ts, latest_ts=last_ts, age_s=round(last_ts - ts, 3))
         if seq is not None and (max_seq is None or seq > max_seq):
@@ -167,58 +202,36 @@ class Integrity(Detector):
             finding["age_s"] = round(last_ts - ts, 3)
         return finding
 
-    def _values(self, record: Record, state: _Device) -> Finding:
-        bounds = self._bounds
-        for name, value in record.metrics.items():
-            limits = bounds.get(name)
-            if limits is not None and (value < limits[0] or value > limits[1]):
-                finding: Finding = {"check": "impossible value", "metric": name, "value": value}
-                finding.update(expected_low=limits[0], expected_high=limits[1])
-                finding["baseline"] = "physical bounds"
-                return finding
-        if self.params.stuck_metrics:
-            return self._stuck_values(record, state)
-        return {}
-
-    def _stuck_values(self, record: Record, state: _Device) -> Finding:
+    def _stuck_values(self, record: Record, state: _Device) -> Finding | None:
         p = self.params
-        finding: Finding = {}
-        runs = state.runs
-        for i, name in enumerate(p.stuck_metrics):
-            value = record.metrics.get(name)
-            if value is None or math.isnan(value):
+        after, min_changes = p.stuck_after, p.stuck_min_changes
+        metrics, runs, width = record.metrics, state.runs, 3 * len(p.stuck_metrics)
+        finding: Finding | None = None
+        for name, at in self._stuck_at:
+            value = metrics.get(name)
+            if value is None or value != value:  # noqa: PLR0124 - absent, or NaN
                 continue
-            if runs is None or len(runs) != 3 * len(p.stuck_metrics):  # new, or reconfigured
+            if runs is None or len(runs) != width:  # new, or reconfigured
                 runs = state.runs = array("d", [math.nan, 0.0, 0.0] * len(p.stuck_metrics))
-            at = 3 * i
-            if value == runs[at]:
-                runs[at + 1] += 1
+            last = runs[at]
+            if value == last:
+                run = runs[at + 1] = runs[at + 1] + 1
             else:
-                if not math.isnan(runs[at]):
+                # Not NaN (no value seen yet): it changed from a value seen before.
+                if last == last:  # noqa: PLR0124
                     runs[at + 2] += 1
-                runs[at], runs[at + 1] = value, 1
-            reports, changes = int(runs[at + 1]), int(runs[at + 2])
-            if not finding and reports >= p.stuck_after and changes >= p.stuck_min_changes:
+                runs[at] = value
+                run = runs[at + 1] = 1
+            if run >= after and finding is None and runs[at + 2] >= min_changes:
+                reports, changes = int(run), int(runs[at + 2])
                 finding = {"check": "stuck value", "metric": name, "value": value}
                 finding.update(reports=reports, changes_before=changes)
         return finding
 
-    def _skew(self, record: Record, state: _Device, now: float) -> Finding:
-        p = self.params
-        if record.ts < state.last_ts:
-            return {}  # late or replayed: not a clock reading
-        state.skew += max(p.skew_alpha, 1.0 / (state.reports + 1)) * (record.ts - now - state.skew)
-        state.reports += 1
-        limit = p.max_skew_s / 2 if state.firing else p.max_skew_s
-        if state.reports >= p.skew_min_reports and abs(state.skew) > limit:
-            return {"check": "clock skew", "skew_s": round(state.skew, 3), "max_skew_s": limit}
-        return {}
-
     def _decide(
-        self, record: Record, state: _Device, finding: Finding, now: float
+        self, device: DeviceRef, state: _Device, finding: Finding | None, now: float
     ) -> Transition | None:
         # Alerts carry the stream's time: a replayed record's own ts is from the past.
-        device = record.device
         if finding:
             state.clean = 0
             if state.firing:
@@ -239,6 +252,23 @@ class Integrity(Detector):
 
     def forget(self, device_ids: set[str]) -> None:
         forget_devices(self.devices_, device_ids)
+
+
+_UNBOUNDED = (-math.inf, math.inf)  # what a metric without bounds is checked against
+
+
+def _out_of_bounds(
+    metrics: dict[str, float], bounds_of: Callable[[str, Bounds], Bounds]
+) -> Finding | None:
+    """The first metric outside its physical bounds (NaN is not: it compares with nothing)."""
+    for name, value in metrics.items():
+        low, high = bounds_of(name, _UNBOUNDED)
+        if value < low or value > high:
+            finding: Finding = {"check": "impossible value", "metric": name, "value": value}
+            finding.update(expected_low=low, expected_high=high)
+            finding["baseline"] = "physical bounds"
+            return finding
+    return None
 
 
 _SUMMARIES = {

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from detectors.base import Detector, DetectorParams
 from detectors.model import DeviceRef, Record, Transition
 from detectors.registry import register
-from detectors.streams import StreamClock
+from detectors.streams import StreamClock, stream_start
 
 _MAX_INVENTORY = 1_000_000
 _MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -69,30 +69,39 @@ class Inventory(Detector):
         self.new_: dict[str, float] = {}
         self.firing_: dict[str, DeviceRef] = {}
 
-    def _learning(self, now: float) -> bool:
-        if self._enrolled:
-            return False
-        if self.started_ == -math.inf:  # the first record
-            self.started_ = now
-        return now - self.started_ < self.params.learn_s
-
     def update(self, records: Sequence[Record]) -> list[Transition]:
         p = self.params
+        learn_s, max_known, hold = p.learn_s, p.max_known, p.hold_s
         changes: list[Transition] = []
+        known, enrolled, new = self.known_, self._enrolled, self.new_
+        now = self.clock_.now
+        # Without an inventory, the learning period from the stream's start (it ends once and
+        # for all: time only grows); with one, no learning.
+        learn_from = -math.inf
+        if not enrolled:
+            learn_from = self.started_ = stream_start(self.started_, self.clock_, records)
+        head = self._oldest_firing()
         for record in records:
-            now = self.clock_.see(record.ts)
+            if record.ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
+                now = record.ts
             device_id = record.device.device_id
-            if self._learning(now):
-                if device_id not in self.known_ and len(self.known_) < p.max_known:
-                    self.known_[device_id] = None
-            elif (
-                device_id not in self.known_
-                and device_id not in self._enrolled
-                and device_id not in self.new_
-            ):
+            if now - learn_from < learn_s:
+                if device_id not in known and len(known) < max_known:
+                    known[device_id] = None
+            elif device_id not in known and device_id not in enrolled and device_id not in new:
                 changes.append(self._raise(record, now))
-            changes += self._clears(now)
+                head = self._oldest_firing()
+            if now - head >= hold:
+                changes += self._clears(now)
+                head = self._oldest_firing()
+        self.clock_.now = now
         return changes
+
+    def _oldest_firing(self) -> float:
+        """When the oldest firing alert was raised (+inf: none fires); only it can be due."""
+        for device_id in self.firing_:
+            return self.new_.get(device_id, -math.inf)
+        return math.inf
 
     def _raise(self, record: Record, now: float) -> Transition:
         p = self.params

@@ -150,3 +150,15 @@ async def test_commands_reach_the_detector_through_the_agents_pipeline() -> None
     assert [(a.device.device_id, a.source.name) for a in alerts] == [("lum-0", "commands")]
     assert pipeline.rejected == {}
     assert sum(line.startswith("commands,") for line in store.lines) == len(LIGHTS)
+
+
+def test_a_zone_whose_quiet_time_passed_clears_on_the_next_record_even_a_late_one() -> None:
+    # A suspicious command stamped well before the stream's time: its zone is due at once,
+    # and clears on the next telemetry record, at the stream's time, however old that record.
+    det = make(hours=(7, 20), hold_s=900)
+    assert det.update([Record(LIGHTS[0], DAY + 20_000, {"on": 1.0})]) == []
+    night = DAY - 8 * 3600  # 02:00 local
+    raised = det.update_commands([cmd(LIGHTS[1], night)])
+    assert [t.firing for t in raised] == [True]
+    out = det.update([Record(LIGHTS[2], DAY + 10_000, {"on": 1.0})])
+    assert [(t.device, t.firing, t.ts) for t in out] == [(LIGHTS[1], False, DAY + 20_000)]

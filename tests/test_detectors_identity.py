@@ -129,3 +129,24 @@ def test_forget() -> None:
     det, _ = run(CAMS, 5)
     det.forget({CAMS[0].device_id})
     assert det.tracked_devices() == len(CAMS) - 1
+
+
+def test_a_state_saved_with_other_fields_learns_the_newly_watched_ones() -> None:
+    # Learned by a detector that watched `model`, not `src_ip` (as many fields as now): after
+    # the upgrade, `src_ip` is learned from the next report, and a later change of it raises.
+    cam = CAMS[0]
+    full = {"src_ip": "10.1.0.1", "config_hash": "ab12", "model": "dome"}
+    before = make(identity_fields=("client_id", "model"))
+    run([cam], 5, lambda d, t: {**base_info(d), **full}, det=before)
+    det = make()
+    det.load_state(before.state_dict())
+    start = T0 + 3600
+    same = [
+        Record(cam, start + 60 * m, {"x": 1.0}, m, {**base_info(cam), **full}) for m in range(3)
+    ]
+    assert det.update(same) == []
+    moved = {**base_info(cam), **full, "src_ip": "10.9.9.9"}
+    out = det.update([Record(cam, start + 600, {"x": 1.0}, 9, moved)])
+    assert [(t.firing, t.evidence["field"], t.evidence["old"]) for t in out] == [
+        (True, "src_ip", "10.1.0.1")
+    ]
