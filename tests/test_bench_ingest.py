@@ -23,7 +23,7 @@ from benchmarks.ingest.recv_exporter import exporter_config, received_by_status
 from benchmarks.ingest.recv_mosquitto import count_lines
 from benchmarks.ingest.report import AGENT, EXPORTER, NATIVE, SUB, Latency, Report, percentile
 from benchmarks.ingest.stack import BenchError, Stack, parse_env
-from benchmarks.ingest.stream import Stream, distinct_points, span_for, under_root
+from benchmarks.ingest.stream import Stream, device_clock, distinct_points, span_for, under_root
 from detectors.model import Record
 from sentinel.config import Config, load_config
 from sentinel.decode import Decoder
@@ -153,6 +153,15 @@ def test_stream_moves_under_the_run_root_unretained_at_the_fixed_rate() -> None:
     assert not any(m.retain for m in paced)
     assert all(m.qos == 1 for m in paced)
     assert [m.ts for m in under_root(msgs, "fleet/x", None)] == [0.0, 0.0]
+
+
+def test_the_probe_clock_follows_the_payload_times_of_the_stream() -> None:
+    msgs = [("t", orjson.dumps({"ts": 1000.0 + 26 * i, "metrics": {"x": 1}})) for i in range(5)]
+    s = Stream(Path("x"), 5, msgs, [], 5, 0)
+    at = device_clock(s, rate=10.0)  # message i is due 0.1 * i s after the start
+    assert at(0.0) == 1000.0
+    assert at(0.25) == 1052.0  # the third message's time: the fleet's, not the wall's
+    assert at(60.0) == 1104.0  # after the stream: its last time
 
 
 def test_span_covers_the_messages_wanted() -> None:

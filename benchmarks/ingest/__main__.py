@@ -145,6 +145,7 @@ async def measure_all(args: argparse.Namespace, stack: Stack, work: Path) -> Rep
                 side = LatencyProbe(
                     stack, rule, args.anomalies, delay_s=0.1 * duration,
                     spacing_s=0.8 * duration / max(1, args.anomalies),
+                    stream_clock=stream.device_clock(s, rate),
                 )  # fmt: skip
             result = await measure.run(receiver, stack, s.messages, rate, side)
             if "influx_points" in result.details:

@@ -17,6 +17,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -66,8 +67,15 @@ class LatencyProbe:
     count: int
     delay_s: float
     spacing_s: float
+    # Seconds since the stream started -> the device time its messages carry then (None: the
+    # wall clock). A replayed stream's clock runs apart from the wall's: a probe on the wall
+    # clock would be hours or minutes ahead of the fleet, and every device would look silent.
+    stream_clock: Callable[[float], float] | None = None
     latencies: list[float] = field(default_factory=list)
     missing: int = 0
+
+    def _device_time(self, since_start: float) -> float:
+        return time.time() if self.stream_clock is None else self.stream_clock(since_start)
 
     def _message(self, root: str, device: str, value: float, seq: int, t0: float) -> Message:
         """Report `seq` of `device`, timed 10 ms after the previous one: each is a point."""
@@ -104,15 +112,18 @@ class LatencyProbe:
         tag = uuid.uuid4().hex[:8]
         devices = [f"benchlat-{tag}-{i:02d}" for i in range(self.count)]
         sent: dict[str, float] = {}
+        stamped: dict[str, float] = {}  # the anomaly's payload ts
         seen: dict[str, float] = {}
         watcher = asyncio.create_task(self._watch(tag, seen))
         never = threading.Event()
         try:
             await started.wait()
+            began = time.monotonic()
             await asyncio.sleep(self.delay_s)
             for device in devices:
                 sent[device] = time.time()
-                anomaly = self._message(root, device, self.rule.anomalous, 0, sent[device])
+                stamped[device] = self._device_time(time.monotonic() - began)
+                anomaly = self._message(root, device, self.rule.anomalous, 0, stamped[device])
                 session.publish(anomaly, never)
                 await asyncio.sleep(self.spacing_s)
             # The watcher fills `seen`; give the last anomalies time to show up.
@@ -126,7 +137,7 @@ class LatencyProbe:
             raise BenchError(f"polling Alertmanager failed: {watcher.exception()!r}")
         for device in devices:
             for seq in range(1, self.rule.clear_after + 1):
-                clear = self._message(root, device, self.rule.normal, seq, sent[device])
+                clear = self._message(root, device, self.rule.normal, seq, stamped[device])
                 session.publish(clear, never)
         await asyncio.to_thread(session.drain, 30.0)
         await asyncio.to_thread(session.close)

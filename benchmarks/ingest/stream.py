@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
+
+import orjson
 
 from detectors.model import Record, StatusRecord
 from sentinel.agent import build_decoder
@@ -88,6 +91,17 @@ def load(path: Path, devices: int, config: Config) -> Stream:
 def distinct_points(lines: list[str]) -> int:
     """InfluxDB keeps one point per series and timestamp: a repeat overwrites."""
     return len({(line[: line.index(" ")], line[line.rindex(" ") :]) for line in lines})
+
+
+def device_clock(stream: Stream, rate: float) -> Callable[[float], float]:
+    """Seconds since a run at `rate` began -> the payload time of the message due then."""
+    stamps = [float(orjson.loads(payload)["ts"]) for _topic, payload in stream.messages]
+    last = len(stamps) - 1
+
+    def at(since_start: float) -> float:
+        return stamps[max(0, min(last, int(since_start * rate)))]
+
+    return at
 
 
 def telemetry_kinds(stream: Stream) -> set[str]:
