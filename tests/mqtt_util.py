@@ -11,18 +11,23 @@ import aiomqtt
 from tests.stack_env import host_port, secret
 
 
-async def publish_all(
-    mqtt_url: str, messages: Sequence[tuple[str, bytes]], *, window: int = 200
-) -> None:
-    """QoS 1 publish of every message, in order, up to `window` in flight; returns when acked."""
+def sim_client(mqtt_url: str, inflight: int) -> aiomqtt.Client:
+    """A client as the simulator's user, with up to `inflight` QoS 1 messages unacknowledged."""
     host, port = host_port(mqtt_url)
-    async with aiomqtt.Client(
+    return aiomqtt.Client(
         host,
         port,
         username="sentinel-sim",
         password=secret("mqtt-sim"),
-        max_inflight_messages=window,
-    ) as client:
+        max_inflight_messages=inflight,
+    )
+
+
+async def publish_all(
+    mqtt_url: str, messages: Sequence[tuple[str, bytes]], *, window: int = 200
+) -> None:
+    """QoS 1 publish of every message, in order, up to `window` in flight; returns when acked."""
+    async with sim_client(mqtt_url, window) as client:
         for start in range(0, len(messages), window):
             chunk = messages[start : start + window]
             await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
@@ -32,15 +37,8 @@ async def publish_paced(
     mqtt_url: str, messages: Sequence[tuple[str, bytes]], rate: int, tick_s: float = 0.1
 ) -> None:
     """QoS 1 publish at `rate` messages per second, a tick's worth at a time."""
-    host, port = host_port(mqtt_url)
     per_tick = max(1, round(rate * tick_s))
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-sim",
-        password=secret("mqtt-sim"),
-        max_inflight_messages=per_tick,
-    ) as client:
+    async with sim_client(mqtt_url, per_tick) as client:
         started = time.monotonic()
         for n, start in enumerate(range(0, len(messages), per_tick)):
             chunk = messages[start : start + per_tick]
