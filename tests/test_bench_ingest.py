@@ -241,6 +241,30 @@ def test_memory_profiles_give_every_multi_point_rule_state_and_quiet_gives_none_
     assert {quiet_states[name] for name in thresholds} == {0}  # a quiet device costs them nothing
 
 
+def test_steady_profile_fills_the_longest_drift_history_on_the_longest_window(
+    tmp_path: Path,
+) -> None:
+    def drift(name: str, params: str) -> str:
+        return f'[[detectors]]\nname = "{name}"\ntype = "peer_drift"\nkinds = ["video"]\n' + (
+            f'[detectors.params]\nmetric = "fps"\n{params}\n'
+        )
+
+    toml = tmp_path / "a.toml"
+    toml.write_text(
+        drift("a", "window_s = 60\nhistory = 10\nslope_windows = 30")
+        + drift("b", "window_s = 600\nhistory = 5")
+    )
+    assert memory.steady_rounds(load_config(toml)) == (32, 600.0)
+    (tmp_path / "none.toml").write_text("")
+    assert memory.steady_rounds(load_config(tmp_path / "none.toml")) == (1, 0.0)
+
+
+def test_steady_profile_is_a_healthy_fleet() -> None:
+    steady = asyncio.run(memory.fill(30, "steady"))
+    assert steady["admitted"] == 30
+    assert steady["alerts_active"] == 0  # nothing fires: the state measured is a quiet one
+
+
 def run(receiver: str, rate: float | None, cpu_us: float, msgs_per_s: float,
         lost: int = 0) -> RunResult:  # fmt: skip
     n = 100_000

@@ -12,9 +12,12 @@ have seen, see `detector_states` in the output); and, for a device past a thresh
 line but not yet raised, that rule's run-length state keyed by (tenant, zone, kind,
 device_id). Threshold rules keep nothing for a quiet device. Profiles: `quiet` (normal
 reports) and `breaching` (each device one point past every rule of its kind that needs several
-points to raise, so every such rule keeps its state).
+points to raise, so every such rule keeps its state), and `steady`: normal reports, one per
+window of the longest `peer_drift` window, until every `peer_drift` history is full (the state
+a long-running agent holds; slow: N x ~50 reports).
 
     .venv/bin/python -m benchmarks.ingest.memory --devices 1000000 --profile breaching
+    .venv/bin/python -m benchmarks.ingest.memory --devices 100000 --profile steady
 """
 
 from __future__ import annotations
@@ -34,14 +37,16 @@ import orjson
 
 from benchmarks.ingest.procstat import rss_bytes
 from benchmarks.ingest.stack import REPO
+from detectors.drift import PeerDriftParams
 from sentinel.agent import Agent
-from sentinel.config import load_config
+from sentinel.config import Config, load_config
 from sentinel.pipeline import Pipeline
 
 EVAL_CONFIG = REPO / "deploy" / "eval.toml"
 WARMUP = 20_000
 WARMUP_DEVICES = 100
-PROFILES = ("quiet", "breaching")
+PROFILES = ("quiet", "breaching")  # what the full benchmark runs
+STEADY = "steady"
 _ZONES = {"lyon": ("part-dieu", "presquile", "gerland"), "villeurbanne": ("la-doua", "centre")}
 _TENANTS = tuple(_ZONES)
 _NORMAL: dict[str, dict[str, float]] = {
@@ -69,7 +74,7 @@ def kind_of(i: int) -> str:
     return "lighting" if r < 5 else ("mobility" if r < 8 else "video")
 
 
-def report(i: int, profile: str, ts: float, prefix: str = "") -> tuple[str, bytes]:
+def report(i: int, profile: str, ts: float, prefix: str = "", seq: int = 1) -> tuple[str, bytes]:
     kind = kind_of(i)
     tenant = _TENANTS[i % len(_TENANTS)]
     zones = _ZONES[tenant]
@@ -77,7 +82,7 @@ def report(i: int, profile: str, ts: float, prefix: str = "") -> tuple[str, byte
     metrics = {**_NORMAL[kind], **_NET}
     if profile == "breaching":
         metrics.update(_BREACH[kind])
-    body = {"device_id": device, "ts": ts, "seq": 1, "metrics": metrics}
+    body = {"device_id": device, "ts": ts, "seq": seq, "metrics": metrics}
     topic = f"fleet/{tenant}/{zones[i % len(zones)]}/{kind}/{device}/telemetry"
     return topic, orjson.dumps(body)
 
@@ -103,18 +108,25 @@ async def fill(devices: int, profile: str) -> dict[str, object]:
     )
     batch = config.pipeline.batch_max
     now = time.time()
+    rounds, spacing = steady_rounds(config) if profile == STEADY else (1, 0.0)
+    first = now - 1 - (rounds - 1) * spacing  # the stream's clock never goes back
     for start in range(0, WARMUP, batch):
         warm = [
-            report(i % WARMUP_DEVICES, "quiet", now - 2, "warm-")
+            report(i % WARMUP_DEVICES, "quiet", first - 1, "warm-")
             for i in range(start, start + batch)
         ]
         await pipeline.process(warm, now)
     del warm
     gc.collect()
     before = rss_bytes(os.getpid())
-    for start in range(0, devices, batch):
-        chunk = [report(i, profile, now - 1) for i in range(start, min(devices, start + batch))]
-        await pipeline.process(chunk, now)
+    for r in range(rounds):
+        for start in range(0, devices, batch):
+            ts = first + r * spacing
+            kind = "quiet" if profile == STEADY else profile
+            chunk = [
+                report(i, kind, ts, seq=r + 1) for i in range(start, min(devices, start + batch))
+            ]
+            await pipeline.process(chunk, now)
     del chunk
     gc.collect()
     after = rss_bytes(os.getpid())
@@ -130,6 +142,20 @@ async def fill(devices: int, profile: str) -> dict[str, object]:
         "detector_states": states,
         "alerts_active": len(agent.book.active),
     }
+
+
+def steady_rounds(config: Config) -> tuple[int, float]:
+    """Reports per device, and their spacing, that fill every `peer_drift` history: one per
+    window of the longest window, the longest history plus the window being filled."""
+    drift = [
+        PeerDriftParams.model_validate(d.params)
+        for d in config.detectors
+        if d.enabled and d.type == "peer_drift"
+    ]
+    if not drift:
+        return 1, 0.0
+    windows = max(max(p.history, p.slope_windows) for p in drift)
+    return windows + 2, max(p.window_s for p in drift)
 
 
 @dataclass(frozen=True)
@@ -178,7 +204,7 @@ def measure(counts: Sequence[int], profiles: Sequence[str] = PROFILES) -> list[M
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, required=True)
-    ap.add_argument("--profile", choices=PROFILES, default="quiet")
+    ap.add_argument("--profile", choices=(*PROFILES, STEADY), default="quiet")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(fill(args.devices, args.profile))))
 
