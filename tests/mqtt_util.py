@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any, Literal
 
 import aiomqtt
 
 from tests.stack_env import host_port, secret
 
 
-def sim_client(mqtt_url: str, inflight: int) -> aiomqtt.Client:
-    """A client as the simulator's user, with up to `inflight` QoS 1 messages unacknowledged."""
+def client_as(
+    mqtt_url: str, user: Literal["sim", "agent", "operator"], **options: Any
+) -> aiomqtt.Client:
+    """An aiomqtt client logged in as the stack's `sentinel-<user>` (its password file)."""
     host, port = host_port(mqtt_url)
     return aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-sim",
-        password=secret("mqtt-sim"),
-        max_inflight_messages=inflight,
+        host, port, username=f"sentinel-{user}", password=secret(f"mqtt-{user}"), **options
     )
 
 
@@ -27,7 +26,7 @@ async def publish_all(
     mqtt_url: str, messages: Sequence[tuple[str, bytes]], *, window: int = 200
 ) -> None:
     """QoS 1 publish of every message, in order, up to `window` in flight; returns when acked."""
-    async with sim_client(mqtt_url, window) as client:
+    async with client_as(mqtt_url, "sim", max_inflight_messages=window) as client:
         for start in range(0, len(messages), window):
             chunk = messages[start : start + window]
             await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
@@ -38,7 +37,7 @@ async def publish_paced(
 ) -> None:
     """QoS 1 publish at `rate` messages per second, a tick's worth at a time."""
     per_tick = max(1, round(rate * tick_s))
-    async with sim_client(mqtt_url, per_tick) as client:
+    async with client_as(mqtt_url, "sim", max_inflight_messages=per_tick) as client:
         started = time.monotonic()
         for n, start in enumerate(range(0, len(messages), per_tick)):
             chunk = messages[start : start + per_tick]

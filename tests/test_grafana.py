@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import pytest
 import yaml
 
@@ -45,7 +44,8 @@ from simulators.generator import generate
 from simulators.inventory import write_inventory
 from simulators.publisher import publish
 from tests.conftest import Stack, agent_config, running_agent
-from tests.stack_env import REPO_ROOT, host_port, require_stack, secret
+from tests.mqtt_util import client_as
+from tests.stack_env import REPO_ROOT, require_stack, secret
 
 GRAFANA = REPO_ROOT / "grafana"
 BOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -244,13 +244,8 @@ def mark_false_positive(agent_url: str, token: str, device: Device, detector: st
 
 async def send_junk(stack: Stack, root: str, count: int) -> None:
     """What a misbehaving client sends (the demo's): rejects by reason, dead letters."""
-    host, port = host_port(stack.mqtt_url)
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-sim",
-        password=secret("mqtt-sim"),
-        identifier=f"junk-{uuid.uuid4().hex[:8]}",
+    async with client_as(
+        stack.mqtt_url, "sim", identifier=f"junk-{uuid.uuid4().hex[:8]}"
     ) as client:
         for topic, payload in itertools.islice(junk_payloads(root, time.time()), count):
             await client.publish(topic, payload, qos=1)

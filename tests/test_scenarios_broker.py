@@ -11,7 +11,6 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-import aiomqtt
 import pytest
 
 from simulators.broker_actions import (
@@ -28,7 +27,8 @@ from simulators.mqtt_session import BrokerUrl
 from simulators.publisher import publish
 from simulators.scenario import load_scenario
 from simulators.scenario_run import prepare, run_live
-from tests.stack_env import host_port, require_stack, secret, stack_dir
+from tests.mqtt_util import client_as
+from tests.stack_env import require_stack, secret, stack_dir
 
 pytestmark = pytest.mark.stack
 
@@ -143,15 +143,8 @@ async def test_last_will_and_operator_commands_reach_subscribers() -> None:
         "operator:night-script",
     )
     root = f"fleet/{tenant}"
-    host, port = host_port(url)
     got: list[tuple[str, bytes]] = []
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-operator",
-        password=secret("mqtt-operator"),
-        identifier=f"watch-{uuid.uuid4().hex[:8]}",
-    ) as watcher:
+    async with client_as(url, "operator", identifier=f"watch-{uuid.uuid4().hex[:8]}") as watcher:
         await watcher.subscribe(f"{root}/#", qos=1)
         runner = ActionRunner(
             url, _creds(), [will, command], sim_start=0.0, wall_start=time.time(), speed=1.0

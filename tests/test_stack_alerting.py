@@ -9,7 +9,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
-import aiomqtt
 import orjson
 import pytest
 
@@ -17,7 +16,8 @@ from simulators.anomalies import AnomalySpec
 from simulators.fleet import build_fleet
 from simulators.runner import SimulationConfig, run_simulation
 from tests.conftest import FleetTopics, Stack, agent_config, running_agent
-from tests.stack_env import host_port, secret
+from tests.mqtt_util import client_as
+from tests.stack_env import secret
 
 pytestmark = pytest.mark.stack
 
@@ -37,13 +37,8 @@ class Timeline:
 
 async def watch_camera(stack: Stack, topic: str, seen: Timeline) -> None:
     """Observe the camera's messages on the broker, as the SOC's second pair of eyes."""
-    host, port = host_port(stack.mqtt_url)
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-agent",
-        password=secret("mqtt-agent"),
-        identifier=f"watch-{uuid.uuid4().hex[:8]}",
+    async with client_as(
+        stack.mqtt_url, "agent", identifier=f"watch-{uuid.uuid4().hex[:8]}"
     ) as client:
         await client.subscribe(topic, qos=1)
         async for message in client.messages:

@@ -16,14 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiomqtt
 import orjson
 import pytest
 
 from tests.agent_process import AgentProcess, start_agent, write_config
 from tests.conftest import FleetTopics, Stack, free_port, poll_rows
-from tests.mqtt_util import publish_all
-from tests.stack_env import host_port, secret
+from tests.mqtt_util import client_as, publish_all
 
 pytestmark = pytest.mark.stack
 
@@ -53,10 +51,7 @@ def alert_topic(root: str) -> str:
 
 async def collect_alerts(stack: Stack, topic: str, out: list[Any], ready: asyncio.Event) -> None:
     """Listen as the operator (the ACL lets it read sentinel/alerts/#)."""
-    host, port = host_port(stack.mqtt_url)
-    async with aiomqtt.Client(
-        host, port, username="sentinel-operator", password=secret("mqtt-operator")
-    ) as client:
+    async with client_as(stack.mqtt_url, "operator") as client:
         await client.subscribe(topic + "/#", qos=1)
         ready.set()
         async for message in client.messages:

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiomqtt
 import orjson
 import pytest
 
@@ -29,8 +28,7 @@ from tests.conftest import (
     rows,
     running_agent,
 )
-from tests.mqtt_util import publish_all
-from tests.stack_env import host_port, secret
+from tests.mqtt_util import client_as, publish_all
 
 pytestmark = pytest.mark.stack
 
@@ -60,15 +58,7 @@ def telemetry(
 
 async def forget_session(stack: Stack, client_id: str) -> None:
     """A clean-session connect under the reader's id drops the session the test left."""
-    host, port = host_port(stack.mqtt_url)
-    async with aiomqtt.Client(
-        host,
-        port,
-        username="sentinel-agent",
-        password=secret("mqtt-agent"),
-        identifier=client_id,
-        clean_session=True,
-    ):
+    async with client_as(stack.mqtt_url, "agent", identifier=client_id, clean_session=True):
         pass
 
 
@@ -191,12 +181,9 @@ async def test_pause_stops_reading_and_resume_loses_nothing(
     cfg = agent_config(stack, "unused", fleet.root, mqtt=native(stack)).mqtt
     inbox = Inbox(high_water=high_water, batch_max=100)
     alert_topic = f"sentinel/alerts/test-{uuid.uuid4().hex[:8]}/lyon/gerland/high"
-    host, port = host_port(stack.mqtt_url)
     async with (
         reader_on(cfg, inbox) as reader,
-        aiomqtt.Client(
-            host, port, username="sentinel-operator", password=secret("mqtt-operator")
-        ) as operator,
+        client_as(stack.mqtt_url, "operator") as operator,
     ):
         await operator.subscribe(alert_topic, qos=1)
         await publish_all(stack.mqtt_url, messages)

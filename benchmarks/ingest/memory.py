@@ -119,10 +119,10 @@ async def fill(devices: int, profile: str) -> dict[str, object]:
     del warm
     gc.collect()
     before = rss_bytes(os.getpid())
+    kind = "quiet" if profile == STEADY else profile  # steady: quiet reports, many rounds
     for r in range(rounds):
+        ts = first + r * spacing
         for start in range(0, devices, batch):
-            ts = first + r * spacing
-            kind = "quiet" if profile == STEADY else profile
             chunk = [
                 report(i, kind, ts, seq=r + 1) for i in range(start, min(devices, start + batch))
             ]

@@ -25,7 +25,7 @@ import gc
 import multiprocessing as mp
 import queue
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,27 +230,25 @@ def expected_messages(fleet: Fleet, span_s: float) -> int:
     return len(fleet) + int(sum(span_s / d.cadence_s for d in fleet))
 
 
-def shard_tenants(devices: Sequence[Device], workers: int) -> list[set[tuple[str, str]]]:
-    """The zones (tenant, zone) of whole tenants, split over `workers` with about equal message
-    rates (greedy, biggest tenant first). Whole tenants: peer groups fall back to the tenant's
-    devices, and fleet incidents gather a tenant's zones; both must see all of a tenant."""
-    load: Counter[str] = Counter()
-    zones: dict[str, set[tuple[str, str]]] = {}
+def shard_tenants(devices: Sequence[Device], workers: int) -> list[set[str]]:
+    """Whole tenants, split over at most `workers` with about equal message rates (greedy,
+    biggest first). Whole: peer groups fall back to the tenant's devices, and fleet incidents
+    gather a tenant's zones; both must see all of a tenant."""
+    load: defaultdict[str, float] = defaultdict(float)
     for d in devices:
-        load[d.tenant] += 1.0 / d.cadence_s  # type: ignore[assignment]
-        zones.setdefault(d.tenant, set()).add((d.tenant, d.zone))
-    shards: list[set[tuple[str, str]]] = [set() for _ in range(workers)]
+        load[d.tenant] += 1.0 / d.cadence_s
+    shards: list[set[str]] = [set() for _ in range(workers)]
     totals = [0.0] * workers
     for tenant, rate in sorted(load.items(), key=lambda kv: (-kv[1], kv[0])):
         i = totals.index(min(totals))
-        shards[i] |= zones[tenant]
+        shards[i].add(tenant)
         totals[i] += rate
     return [s for s in shards if s]
 
 
-def _shard(run: ScenarioRun, zones: set[tuple[str, str]]) -> tuple[Fleet, StreamPlan]:
+def _shard(run: ScenarioRun, tenants: set[str]) -> tuple[Fleet, StreamPlan]:
     def mine(d: Device) -> bool:
-        return (d.tenant, d.zone) in zones
+        return d.tenant in tenants
 
     fleet = Fleet(tuple(d for d in run.fleet if mine(d)))
     plan = run.compiled.plan
@@ -296,13 +294,13 @@ def _simulate(
 
 def _worker(
     run: ScenarioRun,
-    zones: set[tuple[str, str]],
+    tenants: set[str],
     cfg: Config,
     index: int,
     progress: Any,
     results: Any,
 ) -> None:
-    fleet, plan = _shard(run, zones)
+    fleet, plan = _shard(run, tenants)
     out = _simulate(run, fleet, plan, cfg, lambda n: progress.put((index, n)), broker=index == 0)
     results.put((index, out))
 
@@ -350,9 +348,9 @@ def _sharded(run: ScenarioRun, cfg: Config, workers: int, progress: Progress | N
     shards = shard_tenants([*run.fleet, *run.compiled.plan.extra_devices], workers)
     procs = [
         ctx.Process(
-            target=_worker, args=(run, zones, cfg, i, progress_q, results_q), name=f"eval-{i}"
+            target=_worker, args=(run, tenants, cfg, i, progress_q, results_q), name=f"eval-{i}"
         )
-        for i, zones in enumerate(shards)
+        for i, tenants in enumerate(shards)
     ]
     for p in procs:
         p.start()

@@ -98,9 +98,9 @@ class InfluxWriter:
         self._spool = spool
         self._lines: deque[str] = deque()
         self._writing = asyncio.Lock()
-        # A batch from memory is on its way to InfluxDB; and was spooled meanwhile (see _spill).
-        self._out = False
-        self._out_spooled = False
+        # Set by `_spill`, cleared when a write starts: a batch from memory on its way was
+        # spooled meanwhile (and settled), so it must not be popped again.
+        self._spilled_during_write = False
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -173,7 +173,7 @@ class InfluxWriter:
             return False
         n = len(self._lines)
         self._lines.clear()
-        self._out_spooled = self._out
+        self._spilled_during_write = True
         self._settled(n)
         self._metrics.spooled_points.inc(n)
         self._metrics.spool_bytes.set(self._spool.bytes)
@@ -221,7 +221,7 @@ class InfluxWriter:
 
     async def _write_next_unlocked(self) -> bool:
         if self._should_spool():
-            self._spill()
+            self._spill()  # lines may have aged past spool_lag_s with no put since
         from_spool = bool(self._spool)
         if self._spool:
             batch = self._spool.head(self._cfg.batch_size)
@@ -229,13 +229,8 @@ class InfluxWriter:
             batch = [self._lines[i] for i in range(min(len(self._lines), self._cfg.batch_size))]
         if not batch:
             return True
-        self._out = not from_spool
-        try:
-            sent = await self._send(batch)
-        finally:
-            spooled_meanwhile = self._out_spooled
-            self._out = self._out_spooled = False
-        if not sent:
+        self._spilled_during_write = False
+        if not await self._send(batch):
             return False
         if from_spool:
             assert self._spool is not None
@@ -243,7 +238,7 @@ class InfluxWriter:
             self._metrics.spool_bytes.set(self._spool.bytes)
             if not self._spool:
                 log.info("spool_drained")
-        elif not spooled_meanwhile:  # else the spool has these lines, settled already
+        elif not self._spilled_during_write:  # else the spool has these lines, settled
             for _ in range(len(batch)):
                 self._lines.popleft()
             self._settled(len(batch))
