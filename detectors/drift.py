@@ -91,6 +91,73 @@ class _Device:
         self.normal = 0  # unflagged windows in a row while firing
 
 
+class _Ranked:
+    """A group's values sorted once: the median of all of them but one, by rank, is what
+    `statistics.median` gives on the rest (the same pair averaged as `(a + b) / 2`)."""
+
+    __slots__ = ("rank", "sorted")
+
+    def __init__(self, values: dict[DeviceRef, float]) -> None:
+        order = sorted(values, key=values.__getitem__)
+        self.sorted = [values[r] for r in order]
+        self.rank = {r: i for i, r in enumerate(order)}
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def __contains__(self, ref: DeviceRef) -> bool:
+        return ref in self.rank
+
+    def median(self, without: DeviceRef | None = None) -> float:
+        """The median of the values, leaving out `without`'s when it is one of them."""
+        skip = self.rank.get(without, -1) if without is not None else -1
+        v = self.sorted
+        n = len(v) - (skip >= 0)
+
+        def at(k: int) -> float:
+            return v[k + 1] if 0 <= skip <= k else v[k]
+
+        if n % 2:
+            return at(n // 2)
+        return (at(n // 2 - 1) + at(n // 2)) / 2
+
+
+class _Peers:
+    """One zone's (or tenant's) references at a window's close."""
+
+    __slots__ = ("everyone", "known", "level", "total_everyone", "total_known", "totals")
+
+    def __init__(
+        self,
+        *,
+        level: _Ranked,
+        everyone: _Ranked,
+        known: _Ranked,
+        totals: dict[DeviceRef, float],
+        total_everyone: float,
+        total_known: float,
+    ) -> None:
+        self.level = level  # the means, for the level (`min_level`)
+        self.everyone = everyone  # log-means of every member
+        self.known = known  # log-means of the established members
+        self.totals = totals
+        self.total_everyone = total_everyone
+        self.total_known = total_known
+
+    def index(self, ref: DeviceRef, min_peers: int) -> tuple[float, float, int]:
+        """`ref`'s peer index (median log-mean of the others, established ones when there are
+        `min_peers` of them), their pooled total, and how many they are. The pooled total is
+        the group's minus `ref`'s: exact for counts (integers), within rounding otherwise."""
+        mine = self.totals[ref]
+        if ref in self.known:
+            if len(self.known) - 1 >= min_peers:
+                pooled = self.total_known - mine
+                return self.known.median(without=ref), pooled, len(self.known) - 1
+        elif len(self.known) >= min_peers:
+            return self.known.median(), self.total_known, len(self.known)
+        return self.everyone.median(without=ref), self.total_everyone - mine, len(self.everyone) - 1
+
+
 @register("peer_drift")
 class PeerDrift(Detector):
     params_model = PeerDriftParams
@@ -140,41 +207,52 @@ class PeerDrift(Detector):
         for ref in logs:
             zones.setdefault((ref.tenant, ref.zone, ref.kind), []).append(ref)
             tenants.setdefault((ref.tenant, ref.kind), []).append(ref)
+        # Each group's order statistics are made once, so a window's close costs
+        # O(n log n) in a zone's size, not O(n^2): a 4,000-camera zone is one sort.
+        peers: dict[tuple[str, ...], _Peers] = {}
         end = (window + 1) * p.window_s
         changes: list[Transition] = []
         for ref, y in logs.items():
+            key: tuple[str, ...] = (ref.tenant, ref.zone, ref.kind)
             group, scope = zones[ref.tenant, ref.zone, ref.kind], "zone"
             if len(group) - 1 < p.min_peers:
                 if not p.tenant_fallback:
                     continue
-                group, scope = tenants[ref.tenant, ref.kind], "tenant"
+                key, group, scope = (ref.tenant, ref.kind), tenants[ref.tenant, ref.kind], "tenant"
                 if len(group) - 1 < p.min_peers:
                     continue
-            others = [o for o in group if o != ref]
-            level = statistics.median(math.exp(logs[o]) for o in others)
+            ranked = peers.get(key)
+            if ranked is None:
+                ranked = peers[key] = self._peers(group, logs, window)
+            level = ranked.level.median(without=ref)
             if level <= p.min_level:
                 continue
-            index, used = self._index(others, logs, window)
+            index, pooled, used = ranked.index(ref, p.min_peers)
             x = y - index
             state = self.devices_[ref]
-            pooled = sum(self.devices_[o].total for o in used)
             weight = 1.0 / (1.0 / state.total + 1.0 / pooled) if p.counts else 1.0
             point = (x, weight)
-            change = self._judge(ref, state, end, point, math.exp(y), level, scope, len(used))
+            change = self._judge(ref, state, end, point, math.exp(y), level, scope, used)
             if change is not None:
                 changes.append(change)
         return changes
 
-    def _index(
-        self, others: list[DeviceRef], logs: dict[DeviceRef, float], window: int
-    ) -> tuple[float, list[DeviceRef]]:
-        """The median log-mean of the peers present for `peer_after` windows, so that a device
-        that just appeared (a rogue one) does not move its zone's reference when it comes and
-        goes; all present peers while too few are established (the start of a stream)."""
-        p = self.params
-        known = [o for o in others if window - self.devices_[o].first >= p.peer_after]
-        used = known if len(known) >= p.min_peers else others
-        return statistics.median(logs[o] for o in used), used
+    def _peers(self, group: list[DeviceRef], logs: dict[DeviceRef, float], window: int) -> _Peers:
+        """A group's references. Its established members (present for `peer_after` windows)
+        set the index, so that a device that just appeared (a rogue one) does not move its
+        zone's reference when it comes and goes; all of them while too few are established
+        (the start of a stream)."""
+        after = self.params.peer_after
+        known = [o for o in group if window - self.devices_[o].first >= after]
+        totals = {o: self.devices_[o].total for o in group}
+        return _Peers(
+            level=_Ranked({o: math.exp(logs[o]) for o in group}),
+            everyone=_Ranked({o: logs[o] for o in group}),
+            known=_Ranked({o: logs[o] for o in known}),
+            totals=totals,
+            total_everyone=sum(totals.values()),
+            total_known=sum(totals[o] for o in known),
+        )
 
     def _judge(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from array import array
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from detectors import registry
 from detectors import state as state_codec
 from detectors.base import Detector
+from detectors.drift import _Peers, _Ranked
 from detectors.model import DeviceRef, Record, Transition
 
 T0 = 1_700_000_000.0
@@ -158,3 +160,40 @@ def test_a_saved_history_holding_anything_but_numbers_is_refused() -> None:
             state_codec.decode({"$floats": bad})
     with pytest.raises(state_codec.StateError, match="float array"):
         state_codec.decode({"$floats": [1.0], "typecode": "q"})
+
+
+def test_peer_references_by_rank_equal_the_median_of_the_others() -> None:
+    """A window's close sorts each group once and reads every device's leave-one-out median
+    by rank (linear in the zone, not quadratic): checked against `statistics.median` of the
+    others themselves, with ties, established and new members, and every `min_peers`."""
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        size = int(rng.integers(1, 12))
+        refs = [DeviceRef("t", "z", "video", f"d{trial}-{i}") for i in range(size)]
+        logs = {
+            r: float(rng.choice([0.5, 1.0, 1.25]) if trial % 3 == 0 else rng.normal()) for r in refs
+        }
+        totals = {r: float(rng.integers(1, 500)) for r in refs}
+        known = [r for r in refs if rng.random() < 0.6]
+        peers = _Peers(
+            level=_Ranked({r: float(np.exp(logs[r])) for r in refs}),
+            everyone=_Ranked(logs),
+            known=_Ranked({r: logs[r] for r in known}),
+            totals=totals,
+            total_everyone=sum(totals.values()),
+            total_known=sum(totals[r] for r in known),
+        )
+        for ref in refs:
+            others = [o for o in refs if o != ref]
+            if others:
+                expected_level = statistics.median(float(np.exp(logs[o])) for o in others)
+                assert peers.level.median(without=ref) == expected_level
+            for min_peers in (1, 2, 3):
+                settled = [o for o in others if o in known]
+                used = settled if len(settled) >= min_peers else others
+                if not used:
+                    continue
+                index, pooled, count = peers.index(ref, min_peers)
+                assert index == statistics.median(logs[o] for o in used)
+                assert pooled == sum(totals[o] for o in used)
+                assert count == len(used)
