@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -75,6 +75,9 @@ _INT64 = 1 << 63
 # Command payloads: a name, optional sender, and a few numeric arguments.
 _COMMAND_RESERVED = frozenset({"cmd", "ts", "client_id", "device_id", "seq"})
 MAX_COMMAND_ARGS = 16
+# Telemetry topics remembered with the device they name (see Decoder.decode), at most this
+# many, and never more than validation.max_devices.
+MAX_CACHED_TOPICS = 100_000
 
 
 # What orjson refuses and the stdlib reads: NaN, Infinity, exponents past a float's range,
@@ -105,11 +108,21 @@ def _loads(payload: bytes) -> Any:
         raise _Reject(Reason.NOT_JSON, "payload is not JSON") from None
 
 
+def _object(payload: bytes) -> dict[str, Any]:
+    body = _loads(payload)
+    if not isinstance(body, dict):
+        raise _Reject(Reason.NOT_OBJECT, "payload is not a JSON object")
+    return body
+
+
 def _timestamp(raw: Any) -> float:
     if isinstance(raw, bool):
         raise _Reject(Reason.BAD_TS, "ts is a boolean")
     if isinstance(raw, int | float):
-        ts = float(raw)
+        try:
+            ts = float(raw)
+        except OverflowError:  # an integer with hundreds of digits (the stdlib parser's)
+            raise _Reject(Reason.NON_FINITE, "ts is not finite") from None
     elif isinstance(raw, str) and len(raw) <= 40:
         try:
             parsed = datetime.fromisoformat(raw)
@@ -161,10 +174,26 @@ def _info(raw: Any) -> dict[str, str]:
     return out
 
 
+def _plain_info(raw: Any) -> TypeGuard[dict[str, str]]:
+    """Whether `raw` is an everyday info object, which `_info` would copy unchanged: known
+    keys only, each with 1 to 64 printable ASCII characters (as `_printable_ascii`, inline:
+    a call per value costs more than the check)."""
+    if type(raw) is not dict or not INFO_KEYS.issuperset(raw):
+        return False
+    for value in raw.values():
+        if type(value) is not str or not (
+            0 < len(value) <= 64 and value.isascii() and value.isprintable()
+        ):
+            return False
+    return True
+
+
 class Decoder:
     """Turns (topic, payload) into a Record / StatusRecord / CommandRecord or a Rejection.
 
     `command` is the command topic pattern; without it command topics are `bad_topic`.
+    `fast=False` keeps to the reference checks only (the fast path's answers are the same;
+    tests compare the two).
     """
 
     def __init__(
@@ -173,6 +202,8 @@ class Decoder:
         telemetry: TopicPattern,
         status: TopicPattern,
         command: TopicPattern | None = None,
+        *,
+        fast: bool = True,
     ):
         self.rules = rules
         self.telemetry = telemetry
@@ -182,6 +213,13 @@ class Decoder:
         # Metric names already checked: the pattern runs once per name, not once per value.
         # Bounded: past the cap (invented names), new names are checked every time.
         self._metric_names: set[str] = set()
+        # Telemetry topics whose levels passed every check, with the DeviceRef they name: a
+        # device's next reports skip the topic match and the id, kind, tenant and zone checks
+        # (only the payload's device_id remains to compare). Attackers choose topics: only
+        # valid ones (so short ones) are kept, up to a cap, then none is added.
+        self._topic_devices: dict[str, DeviceRef] = {}
+        has_id = "device_id" in telemetry.placeholders
+        self._max_topics = min(rules.max_devices, MAX_CACHED_TOPICS) if fast and has_id else 0
 
     def decode(
         self, topic: str, payload: bytes, now: float
@@ -189,9 +227,12 @@ class Decoder:
         try:
             if len(payload) > self.rules.max_payload_bytes:
                 raise _Reject(Reason.OVERSIZED, f"{len(payload)} bytes")
+            device = self._topic_devices.get(topic)
+            if device is not None:
+                return self._known_telemetry(device, payload, now)
             levels = self.telemetry.match(topic)
             if levels is not None:
-                return self._telemetry(levels, payload, now)
+                return self._telemetry(topic, levels, payload, now)
             levels = self.status.match(topic)
             if levels is not None:
                 return self._status(levels, payload, now)
@@ -229,11 +270,49 @@ class Decoder:
         if ts < now - self.rules.max_past_s:
             raise _Reject(Reason.TS_PAST, f"ts is {now - ts:.0f} s old")
 
-    def _telemetry(self, levels: dict[str, str], payload: bytes, now: float) -> Record:
-        body = _loads(payload)
-        if not isinstance(body, dict):
-            raise _Reject(Reason.NOT_OBJECT, "payload is not a JSON object")
+    def _telemetry(self, topic: str, levels: dict[str, str], payload: bytes, now: float) -> Record:
+        body = _object(payload)
         device = self._device(levels, body)
+        # The id came from the topic (_max_topics is 0 otherwise), so the topic alone made
+        # this device: the payload could only have failed the device_id comparison.
+        if len(self._topic_devices) < self._max_topics:
+            self._topic_devices[topic] = device
+        return self._record(device, body, now)
+
+    def _known_telemetry(self, device: DeviceRef, payload: bytes, now: float) -> Record:
+        """`_telemetry` for a remembered topic: the same answers, the everyday report inline."""
+        body = _object(payload)
+        claimed = body.get("device_id")
+        if claimed is not None and claimed != device.device_id:
+            raise _Reject(Reason.ID_MISMATCH, "payload device_id differs from the topic's")
+        # A float ts within bounds (NaN fails every comparison), a plain seq, and metrics
+        # with known names and finite numbers (their sum is finite; a non-number makes it
+        # raise TypeError; booleans and integers convert as _number does). Anything else:
+        # the reference checks, in their order, give the answer.
+        ts = body.get("ts")
+        seq = body.get("seq")
+        raw = body.get("metrics")
+        rules = self.rules
+        if (
+            type(ts) is float
+            and now - rules.max_past_s <= ts <= now + rules.max_future_s
+            and (seq is None or (type(seq) is int and 0 <= seq <= _MAX_SEQ))
+            and type(raw) is dict
+            and 0 < len(raw) <= rules.max_metrics
+            and self._metric_names.issuperset(raw)
+        ):
+            try:
+                total = sum(raw.values())
+                metrics = {k: float(v) for k, v in raw.items()} if total - total == 0.0 else None
+            except (TypeError, OverflowError):
+                metrics = None
+            if metrics is not None:
+                # The parsed info object is the decoder's own: kept as it is when plain.
+                info = body.get("info")
+                return Record(device, ts, metrics, seq, info if _plain_info(info) else _info(info))
+        return self._record(device, body, now)
+
+    def _record(self, device: DeviceRef, body: dict[str, Any], now: float) -> Record:
         if "ts" not in body:
             raise _Reject(Reason.MISSING_TS, "no ts")
         ts = _timestamp(body["ts"])
@@ -273,9 +352,7 @@ class Decoder:
         return out
 
     def _command(self, levels: dict[str, str], payload: bytes, now: float) -> CommandRecord:
-        body = _loads(payload)
-        if not isinstance(body, dict):
-            raise _Reject(Reason.NOT_OBJECT, "payload is not a JSON object")
+        body = _object(payload)
         device = self._device(levels, body)
         name = body.get("cmd")
         if not isinstance(name, str) or not _METRIC.fullmatch(name):

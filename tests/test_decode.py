@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import uuid
+from collections import Counter
 
 import aiohttp
 import orjson
@@ -13,10 +15,12 @@ from pydantic import ValidationError
 
 from detectors.model import CommandRecord, DeviceRef, Record, StatusRecord
 from sentinel.config import MqttConfig, ValidationConfig
-from sentinel.decode import Decoder, Reason, Rejection
+from sentinel.decode import INFO_KEYS, Decoder, Reason, Rejection
 from sentinel.store.influx import basic_auth_header
 from sentinel.store.lineprotocol import lines_for, record_line
 from sentinel.topics import TopicPattern
+from simulators.scenario import load_scenario
+from simulators.scenario_run import prepare
 from tests.conftest import Stack, influxql, rows
 from tests.stack_env import secret
 
@@ -349,3 +353,263 @@ def test_invented_metric_names_do_not_grow_the_decoder() -> None:
     bad = decoder.decode(TOPIC, body(metrics={"Bad-Name": 1.0}), NOW)
     assert isinstance(bad, Rejection)
     assert bad.reason == Reason.BAD_METRIC_NAME
+
+
+# --- the fast path gives the reference checks' answers ------------------------------------
+
+# Scenarios whose attacks change payloads and topics: forged identities, tampered values,
+# an unknown device, commands. Kept: the first 10 minutes and 15 minutes of each attack.
+DIFF_SCENARIOS = (
+    "mirai-recruitment",
+    "impersonation",
+    "telemetry-tampering",
+    "rogue-device",
+    "command-abuse",
+)
+BAD_LEVELS = ["", "LYON", "a" * 49, "x/y", "+", "#", "café", "tractor", "bad id!", "-a", "a" * 65]
+NUMBER_TOKENS = ["NaN", "Infinity", "-Infinity", "1e999", "1" + "0" * 400, "1" + "0" * 25]
+ODD_VALUES: list[object] = [
+    True,
+    False,
+    None,
+    "12",
+    "",
+    [1],
+    {"a": 1},
+    0,
+    -0.0,
+    1e308,
+    -1e308,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    -(2**63),
+    -1,
+    1.5,
+    "caf\u00e9",
+    "x" * 65,
+    "line\n",
+    "del\x7f",
+    *(f"@@{t}@@" for t in NUMBER_TOKENS),
+]
+
+
+def _scenario_messages() -> list[tuple[str, bytes, float]]:
+    out: list[tuple[str, bytes, float]] = []
+    for name in DIFF_SCENARIOS:
+        run = prepare(load_scenario(name), devices=16, days=1)
+        windows = [(run.start, run.start + 600.0)]
+        windows += [(t.start, t.start + 900.0) for t in run.truth]
+        for m in run.messages():
+            if any(a <= m.ts < b for a, b in windows):
+                out.append((m.topic, m.payload, m.ts + 1))
+    return out
+
+
+def _dumps(doc: object) -> bytes:
+    """JSON with the `@@token@@` strings written as bare tokens (NaN, 1e999, huge integers)."""
+    text = orjson.dumps(doc)
+    for token in NUMBER_TOKENS:
+        text = text.replace(b'"@@' + token.encode() + b'@@"', token.encode())
+    return text
+
+
+def _mutate_doc(rng: random.Random, doc: dict[str, object], now: float, ids: list[str]) -> None:
+    what = rng.randrange(9)
+    metrics = doc.get("metrics")
+    if what == 0:
+        doc["device_id"] = rng.choice([*ids, None, 7, "", "x" * 70, *BAD_LEVELS])
+    elif what == 1:
+        doc["ts"] = rng.choice(
+            [
+                *ODD_VALUES,
+                now + 300.0,
+                math.nextafter(now + 300.0, math.inf),
+                now - 7 * 86400.0,
+                math.nextafter(now - 7 * 86400.0, -math.inf),
+                now + 3600.0,
+                int(now),
+                "2025-11-24T10:00:00+00:00",
+                "2025-11-24T10:00:00",
+                "yesterday",
+            ]
+        )
+    elif what == 2:
+        doc["seq"] = rng.choice([*ODD_VALUES, -1, 0, "3"])
+    elif what == 3 and isinstance(metrics, dict) and metrics:
+        metrics[rng.choice(list(metrics))] = rng.choice(ODD_VALUES)
+    elif what == 4 and isinstance(metrics, dict):
+        name = rng.choice(["Bad Name", "A", "", "new_metric", "x" * 65, "fps", "upload_kbps"])
+        metrics[name] = rng.choice([1.0, 2, *ODD_VALUES])
+    elif what == 5:
+        doc["metrics"] = rng.choice(
+            [{}, None, [1], "m", {f"m{i}": i for i in range(rng.choice([64, 65]))}]
+        )
+    elif what == 6:
+        info = doc.get("info")
+        if isinstance(info, dict) and rng.random() < 0.7:
+            key = rng.choice([*INFO_KEYS, "colour", "client_id"])
+            info[key] = rng.choice([*ODD_VALUES, "ok", "10.0.0.1", "x" * 64])
+        else:
+            doc["info"] = rng.choice(
+                [None, [], "id", {f"k{i}": "v" for i in range(9)}, {"colour": 1}, {}]
+            )
+    elif what == 7:
+        doc.pop(rng.choice(["ts", "metrics", "seq", "info", "device_id", "state", "cmd"]), None)
+    else:  # command and status fields, on any topic
+        doc[rng.choice(["cmd", "state", "client_id", "Bad-Arg", "dim_pct"])] = rng.choice(
+            [*ODD_VALUES, "set_dim", "online", "offline", "Set Dim"]
+        )
+
+
+def _mutate_topic(rng: random.Random, topic: str, ids: list[str]) -> str:
+    levels = topic.split("/")
+    what = rng.randrange(4)
+    if what == 0:
+        levels[rng.randrange(len(levels))] = rng.choice(BAD_LEVELS)
+    elif what == 1:
+        levels[-2] = rng.choice(ids)  # another device's id: valid, but not the payload's
+    elif what == 2:
+        levels[-1] = rng.choice(["telemetry", "status", "command", "other"])
+    else:
+        chars = list(topic)
+        i = rng.randrange(len(chars))
+        if rng.random() < 0.5:
+            del chars[i]
+        else:
+            chars.insert(i, rng.choice("/+#Aa-_.:é \x00"))
+        return "".join(chars)
+    return "/".join(levels)
+
+
+def _mutate_bytes(rng: random.Random, payload: bytes) -> bytes:
+    data = bytearray(payload)
+    i = rng.randrange(len(data))
+    what = rng.randrange(4)
+    if what == 0:
+        data[i] ^= 1 << rng.randrange(8)
+    elif what == 1:
+        data[i] = rng.randrange(256)
+    elif what == 2:
+        del data[i : i + rng.randint(1, 20)]
+    else:
+        data[i:i] = rng.choice([b"NaN", b"\xff", b"{", b"]", b"0" * 30, b",", b" "])
+    return bytes(data)
+
+
+def _mutations(
+    good: list[tuple[str, bytes, float]], count: int, seed: int
+) -> list[tuple[str, bytes, float]]:
+    """Seeded variants of good messages, each followed now and then by its good original
+    (so a remembered topic meets a bad payload, and a bad topic a good one)."""
+    rng = random.Random(seed)
+    ids = sorted({topic.split("/")[-2] for topic, _, _ in good})
+    out: list[tuple[str, bytes, float]] = []
+    for _ in range(count):
+        topic, payload, now = rng.choice(good)
+        what = rng.random()
+        if what < 0.15:
+            payload = _mutate_bytes(rng, payload)
+        elif what < 0.35:
+            topic = _mutate_topic(rng, topic, ids)
+            if rng.random() < 0.5 and payload.startswith(b"{"):
+                # The payload's id agrees with the new topic, or is absent: the topic's own
+                # checks decide.
+                doc = orjson.loads(payload)
+                doc.pop("device_id", None)
+                if rng.random() < 0.5:
+                    doc["device_id"] = topic.split("/")[-2]
+                payload = _dumps(doc)
+            elif rng.random() < 0.3:
+                payload = _mutate_bytes(rng, payload)
+        else:
+            doc = orjson.loads(payload) if payload.startswith(b"{") else {"state": "online"}
+            for _ in range(rng.choice([1, 1, 2, 3])):
+                _mutate_doc(rng, doc, now, ids)
+            payload = _dumps(doc) if rng.random() < 0.95 else _dumps([doc])
+            if rng.random() < 0.1:
+                topic = _mutate_topic(rng, topic, ids)
+        out.append((topic, payload, now))
+        if rng.random() < 0.3:
+            out.append(rng.choice(good))
+    out += [(t, p + b" " * 5000, n) for t, p, n in good[:5]]  # oversized
+    out += [(t, b"offline", n) for t, _, n in good[:5]]  # a last will on any topic
+    return out
+
+
+def _answer(out: object) -> str:
+    """Everything a result says, metric and info ORDER and int/float types included."""
+    return repr(out)
+
+
+def _differences(messages: list[tuple[str, bytes, float]]) -> list[str]:
+    def build(fast: bool) -> Decoder:
+        return Decoder(
+            ValidationConfig(),
+            COMMANDS.telemetry,
+            COMMANDS.status,
+            COMMANDS.command,
+            fast=fast,
+        )
+
+    fast, reference = build(True), build(False)
+    wrong: list[str] = []
+    for topic, payload, now in messages:
+        got, want = fast.decode(topic, payload, now), reference.decode(topic, payload, now)
+        if _answer(got) != _answer(want) or got != want:
+            wrong.append(f"{topic} {payload[:200]!r}: fast {got!r}, reference {want!r}")
+    # The fast path was taken: every valid telemetry topic is remembered, by the fast one only.
+    assert len(fast._topic_devices) > 16
+    assert not reference._topic_devices
+    return wrong
+
+
+@pytest.fixture(scope="module")
+def scenario_messages() -> list[tuple[str, bytes, float]]:
+    return _scenario_messages()
+
+
+def test_the_fast_path_answers_every_scenario_message_as_the_reference_does(
+    scenario_messages: list[tuple[str, bytes, float]],
+) -> None:
+    answers = Counter(
+        type(DECODER.decode(topic, payload, now)).__name__
+        for topic, payload, now in scenario_messages
+    )
+    assert answers["Record"] > 3000  # a real fleet's mix
+    assert answers["StatusRecord"] > 0
+    assert _differences(scenario_messages) == []
+
+
+def test_the_fast_path_answers_mutated_messages_as_the_reference_does(
+    scenario_messages: list[tuple[str, bytes, float]],
+) -> None:
+    mutated = _mutations(scenario_messages, 4000, seed=5)
+    # Every message first, so that topics are remembered before their variants arrive.
+    messages = scenario_messages + mutated
+    reasons = {
+        out.reason for t, p, n in mutated if isinstance(out := COMMANDS.decode(t, p, n), Rejection)
+    }
+    assert reasons == set(Reason) - {Reason.DEVICE_CAP}  # the variants reach every check
+    assert _differences(messages) == []
+
+
+def test_remembered_topics_are_valid_ones_and_capped() -> None:
+    rules = ValidationConfig(max_devices=10)
+    decoder = Decoder(rules, DECODER.telemetry, DECODER.status)
+    reference = Decoder(rules, DECODER.telemetry, DECODER.status, fast=False)
+    topics = [f"fleet/lyon/gerland/video/cam-{i}/telemetry" for i in range(40)]
+    topics += ["fleet/lyon/gerland/tractor/t-1/telemetry", "fleet/LYON/gerland/video/c/telemetry"]
+    for topic in topics * 2:
+        got = decoder.decode(topic, body(), NOW)
+        assert got == reference.decode(topic, body(), NOW)
+    assert list(decoder._topic_devices) == topics[:10]
+    # A topic remembered, then a payload naming another device: still refused.
+    out = decoder.decode(topics[0], body(device_id="cam-99"), NOW)
+    assert out == Rejection(Reason.ID_MISMATCH, "payload device_id differs from the topic's")
+
+
+def test_an_integer_ts_past_a_float_is_not_finite_and_does_not_raise() -> None:
+    payload = b'{"ts": 1%s, "metrics": {"a": NaN}}' % (b"0" * 400)
+    out = DECODER.decode(TOPIC, payload, NOW)
+    assert out == Rejection(Reason.NON_FINITE, "ts is not finite")
