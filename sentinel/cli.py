@@ -454,7 +454,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON document.")] = False,
     html: Annotated[Path | None, typer.Option(help="Write an HTML report with timelines.")] = None,
     grace: Annotated[float, typer.Option(min=0, help="Grace period after an event, s.")] = 300.0,
-    workers: Annotated[int, typer.Option(min=1, help="Processes per run (split by zone).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes per run (split by tenant).")] = 1,
     recording: Annotated[
         Path | None, typer.Option(help="Score a recording instead of simulating (needs --truth).")
     ] = None,
