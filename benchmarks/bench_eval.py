@@ -1,7 +1,7 @@
 """How long `sentinel eval` takes for a simulated day of a large fleet.
 
     .venv/bin/python benchmarks/bench_eval.py [--devices 10000] [--hours 24] [--workers 2]
-        [--scenario mirai-recruitment] [--config deploy/sentinel.toml]
+        [--scenario mirai-recruitment] [--config deploy/sentinel.toml] [--wire]
 
 Runs one scenario on the fleet through the agent's pipeline in simulated time, as `sentinel eval
 --scenario NAME --devices N --days H/24 --workers W` does, and prints the wall time, the message
@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from detectors.model import Record
 from sentinel.config import load_config
 from sentinel.evaluation.runner import build_pipeline, feed, run_scenario
+from simulators.generator import generate
+from simulators.messages import Decoded
 from simulators.scenario import load_scenario
 from simulators.scenario_run import prepare
 
@@ -32,20 +36,37 @@ class Split:
 
     messages: int
     simulate: float  # messages made and kept
-    decode: float  # `Decoder.decode` alone
-    pipeline: float  # the whole pipeline: decode, engine, alert book
+    decode: float  # `Decoder.decode` alone, over the payloads it is given
+    pipeline: float  # the whole pipeline: decoding (if any), engine, alert book
 
 
-def split(scenario: str, devices: int, config: Path) -> Split:
+def split(scenario: str, devices: int, config: Path, wire: bool) -> Split:
     run = prepare(load_scenario(scenario), devices=devices, days=300 / 86_400)
     began = time.perf_counter()
-    items = [(m.ts, m.topic, m.payload) for m in run.messages()]
+    stream = generate(
+        run.fleet,
+        run.start,
+        run.end,
+        None,
+        run.seed,
+        topic_prefix=run.prefix,
+        plan=run.compiled.plan,
+        decoded=not wire,
+    )
+    gc.disable()  # as `feed` runs the stream: without the collector's passes
+    try:
+        items: list[tuple[float, str, bytes | Record]] = [
+            (m.ts, m.topic, m.record if isinstance(m, Decoded) else m.payload) for m in stream
+        ]
+    finally:
+        gc.enable()
     sim = time.perf_counter() - began
     cfg = load_config(config)
     decoder = build_pipeline(cfg).decoder
     began = time.perf_counter()
     for ts, topic, payload in items:
-        decoder.decode(topic, payload, ts)
+        if isinstance(payload, bytes):
+            decoder.decode(topic, payload, ts)
     decode = time.perf_counter() - began
     began = time.perf_counter()
     asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max))
@@ -61,9 +82,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scenario", default="mirai-recruitment")
     ap.add_argument("--config", type=Path, default=REPO / "deploy" / "sentinel.toml")
+    ap.add_argument("--wire", action="store_true", help="as `sentinel eval --wire`")
     args = ap.parse_args()
 
-    s = split(args.scenario, args.devices, args.config)
+    s = split(args.scenario, args.devices, args.config, args.wire)
     print(
         f"per message, one process ({s.messages:,} messages, 5 simulated minutes): "
         f"simulate {s.simulate * 1e6:.1f} µs, pipeline {s.pipeline * 1e6:.1f} µs "
@@ -77,12 +99,14 @@ def main() -> None:
         devices=args.devices,
         days=args.hours / 24.0,
         workers=args.workers,
+        wire=args.wire,
     )
     wall = time.perf_counter() - began
     per_day = wall * 24.0 / args.hours
     command = (
         f"sentinel eval --scenario {args.scenario} --devices {args.devices} "
         f"--days {args.hours / 24:g} --workers {args.workers} --config {args.config}"
+        + (" --wire" if args.wire else "")
     )
     print(f"command: {command}")
     print(

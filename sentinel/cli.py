@@ -459,6 +459,13 @@ def eval_(
         Path | None, typer.Option(help="Score a recording instead of simulating (needs --truth).")
     ] = None,
     truth: Annotated[Path | None, typer.Option(help="Ground truth (JSONL) of --recording.")] = None,
+    wire: Annotated[
+        bool,
+        typer.Option(
+            help="Write and decode every simulated report (slower; by default plain reports "
+            "reach the pipeline as the Records the decoder would make of them)."
+        ),
+    ] = False,
 ) -> None:
     """Run scenarios through the agent's pipeline in simulated time; score alerts against truth.
 
@@ -541,6 +548,7 @@ def eval_(
                         seed=seed,
                         workers=workers,
                         progress=advance,
+                        wire=wire,
                     )
                 )
                 progress.update(task, completed=total)
@@ -553,6 +561,7 @@ def eval_(
         "seed": seed,
         "grace_s": grace,
         "workers": workers,
+        "wire": wire,
     }
     if as_json:
         sys.stdout.write(

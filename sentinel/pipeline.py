@@ -59,17 +59,23 @@ class Pipeline:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
-    async def process(self, batch: Sequence[tuple[str, bytes]], now: float) -> list[Alert]:
+    async def process(self, batch: Sequence[tuple[str, bytes | Record]], now: float) -> list[Alert]:
+        """Each (topic, payload) decoded, admitted, stored and scored. A payload may also be a
+        Record already decoded (eval's simulated reports, never the network's): it is admitted,
+        not decoded again."""
         started = time.perf_counter()
         records: list[Record] = []
         statuses: list[StatusRecord] = []
         commands: list[CommandRecord] = []
         rejected: Counter[str] = Counter()
-        for topic, payload in batch:
-            out = self.decoder.decode(topic, payload, now)
+        for topic, given in batch:
+            out: Record | StatusRecord | CommandRecord | Rejection
+            out = given if isinstance(given, Record) else self.decoder.decode(topic, given, now)
             if not isinstance(out, Rejection) and not self.admission.admit(out.device.device_id):
                 out = Rejection(Reason.DEVICE_CAP, "a new device id beyond the cap")
             if isinstance(out, Rejection):
+                # A dead letter keeps bytes: a Record's own text when it came decoded.
+                payload = repr(given).encode() if isinstance(given, Record) else given
                 rejected[out.reason] += 1
                 self.deadletters.add(now, topic, payload, out.reason, out.detail)
                 # Attacker-controlled text: truncated here, escaped by the JSON renderer.

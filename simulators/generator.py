@@ -15,15 +15,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
+from typing import Literal, cast, overload
 
 import numpy as np
 
+from detectors.model import DeviceRef, Record
 from simulators import network, noise, sun
 from simulators.anomalies import Anomaly, AnomalySpec, Metrics
 from simulators.effects import EMPTY_PLAN, Effect, LegacyAnomaly, Report, StreamPlan
 from simulators.fleet import Device, Fleet
 from simulators.messages import (
     DEFAULT_TOPIC_PREFIX,
+    Decoded,
     Message,
     check_prefix,
     online,
@@ -31,6 +34,7 @@ from simulators.messages import (
     payload_tail,
     plain_messages,
     telemetry_payloads,
+    telemetry_records,
     topic,
 )
 from simulators.schedule import Schedule
@@ -60,8 +64,10 @@ class _Batch:
     report: np.ndarray  # the device's report number since the epoch
     device_ts: np.ndarray  # payload ts: the device's clock, jittered
     seq: np.ndarray
-    # Filled by the groups: per position its payload (None: an effect dropped the report),
-    # and the messages effects add right after a position.
+    decoded: bool  # plain reports as Records (see `generate`), not payloads
+    # Filled by the groups: per position its payload, or its Record when `decoded` and no
+    # effect touched it (None: an effect dropped the report), and the messages effects add
+    # right after a position.
     payloads: np.ndarray = field(init=False)
     dropped: set[int] = field(default_factory=set)
     extras: dict[int, list[bytes]] = field(default_factory=dict)
@@ -69,21 +75,22 @@ class _Batch:
     def __post_init__(self) -> None:
         object.__setattr__(self, "payloads", np.empty(len(self.devices), dtype=object))
 
-    def stream(self) -> tuple[np.ndarray, list[bytes]]:
-        """The batch positions of the messages to publish, in stream order, and their payloads:
-        a dropped report publishes nothing, an effect's extras follow their report."""
-        payloads: list[bytes] = self.payloads.tolist()
+    def stream(self) -> tuple[np.ndarray, list[bytes | Record]]:
+        """The batch positions of the messages to publish, in stream order, and their payloads
+        (or Records): a dropped report publishes nothing, an effect's extras follow their
+        report."""
+        payloads: list[bytes | Record] = self.payloads.tolist()
         if not self.dropped and not self.extras:
             return np.arange(len(payloads)), payloads
         at: list[int] = []
-        out: list[bytes] = []
+        out: list[bytes | Record] = []
         done = 0
         for pos in sorted(self.dropped | self.extras.keys()):
             at += range(done, pos)
             out += payloads[done:pos]
-            added = self.extras.get(pos, [])
+            added: list[bytes | Record] = [*self.extras.get(pos, [])]
             if pos not in self.dropped:
-                added = [payloads[pos], *added]
+                added.insert(0, payloads[pos])
             at += [pos] * len(added)
             out += added
             done = pos + 1
@@ -102,6 +109,8 @@ class _Group:
     infos: tuple[dict[str, str], ...]
     heads: np.ndarray  # per device, `payload_head` (object array: indexed by rows in one call)
     tails: np.ndarray  # per device, `payload_tail` of its info
+    refs: np.ndarray  # per device, its DeviceRef (decoded streams)
+    info_dicts: np.ndarray  # per device, its info (decoded streams)
 
     def encode(self, batch: _Batch, at: np.ndarray, rows: np.ndarray, targets: _Targets) -> None:
         """The payloads of this group's reports at batch positions `at`, into `batch.payloads`;
@@ -111,9 +120,14 @@ class _Group:
         columns = self.model.metrics(rows, t, report)
         columns.update(network.columns(self.kind, self.model, rows, report, columns))
         ts, seq = batch.device_ts[at], batch.seq[at]
-        batch.payloads[at] = telemetry_payloads(
-            self.heads[rows].tolist(), ts, seq, columns, self.tails[rows].tolist()
-        )
+        if batch.decoded:
+            batch.payloads[at] = telemetry_records(
+                self.refs[rows].tolist(), ts, seq, columns, self.info_dicts[rows].tolist()
+            )
+        else:
+            batch.payloads[at] = telemetry_payloads(
+                self.heads[rows].tolist(), ts, seq, columns, self.tails[rows].tolist()
+            )
         attacked = np.flatnonzero(np.isin(batch.devices[at], targets.indices))
         for j in attacked.tolist():
             row, pos = int(rows[j]), int(at[j])
@@ -158,6 +172,7 @@ class _Targets:
             history.append(payload)
 
 
+@overload
 def generate(
     fleet: Fleet,
     start_ts: float,
@@ -167,7 +182,35 @@ def generate(
     *,
     topic_prefix: str = DEFAULT_TOPIC_PREFIX,
     plan: StreamPlan | None = None,
-) -> Iterator[Message]:
+    decoded: Literal[False] = False,
+) -> Iterator[Message]: ...
+
+
+@overload
+def generate(
+    fleet: Fleet,
+    start_ts: float,
+    end_ts: float,
+    anomalies: Sequence[AnomalySpec | Anomaly] | None = None,
+    seed: int = 0,
+    *,
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+    plan: StreamPlan | None = None,
+    decoded: bool,
+) -> Iterator[Message | Decoded]: ...
+
+
+def generate(
+    fleet: Fleet,
+    start_ts: float,
+    end_ts: float,
+    anomalies: Sequence[AnomalySpec | Anomaly] | None = None,
+    seed: int = 0,
+    *,
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX,
+    plan: StreamPlan | None = None,
+    decoded: bool = False,
+) -> Iterator[Message] | Iterator[Message | Decoded]:
     """Every message the fleet publishes in [start_ts, end_ts), sorted by `Message.ts`.
 
     First each device's retained `online` status at `start_ts`, then its telemetry every
@@ -177,6 +220,10 @@ def generate(
 
     `plan` (a compiled scenario, see `simulators.scenario`) adds effects on devices' reports,
     scheduled messages, and devices outside the fleet; its messages must use `topic_prefix`.
+
+    `decoded`: each plain report (of a device no effect targets) comes as a `Decoded`, the
+    Record the agent's decoder would make of its payload, which is never written (what eval
+    needs: the same stream without the JSON round trip). Everything else stays a Message.
     """
     if not (math.isfinite(start_ts) and math.isfinite(end_ts) and start_ts <= end_ts):
         raise ValueError(f"need finite start_ts <= end_ts, got {start_ts}, {end_ts}")
@@ -207,6 +254,7 @@ def generate(
         seed=seed,
         prefix=topic_prefix,
         plan=plan,
+        decoded=decoded,
     )
     # Iterated in C: no generator frame to resume per message.
     return chain.from_iterable(batches)
@@ -221,7 +269,8 @@ def _batches(
     seed: int,
     prefix: str,
     plan: StreamPlan,
-) -> Iterator[Iterable[Message]]:
+    decoded: bool,
+) -> Iterator[Iterable[Message | Decoded]]:
     """The stream, batch by batch."""
     yield online(prefix, (d for d in fleet if d.device_id not in plan.unannounced), start_ts)
     scheduled = [m for m in plan.scheduled if start_ts <= m.ts < end_ts]
@@ -255,6 +304,7 @@ def _batches(
             report=report,
             device_ts=np.round(times_ms / 1000.0 + jitter, 3),
             seq=report - first_report[devices],
+            decoded=decoded,
         )
         for g, group in enumerate(groups):
             at = np.flatnonzero(group_of[devices] == g)
@@ -263,12 +313,13 @@ def _batches(
 
         at, payloads = batch.stream()
         senders = devices[at]
-        messages: Iterable[Message] = plain_messages(
-            (times_ms[at] / 1000).tolist(),
-            topics[senders].tolist(),
-            payloads,
-            ids[senders].tolist(),
-        )
+        sent_at, sent_on = (times_ms[at] / 1000).tolist(), topics[senders].tolist()
+        messages: Iterable[Message | Decoded]
+        if decoded:
+            messages = list(map(_decoded_or_message, sent_at, sent_on, payloads, ids[senders]))
+        else:  # every payload is bytes
+            texts = cast(list[bytes], payloads)
+            messages = plain_messages(sent_at, sent_on, texts, ids[senders].tolist())
         last_sent = times_ms[-1].item() / 1000  # of the batch's reports, dropped ones too
         if k < len(scheduled) and scheduled[k].ts <= last_sent:
             messages, k = _merge(messages, scheduled, k, last_sent)
@@ -276,16 +327,25 @@ def _batches(
     yield scheduled[k:]
 
 
+def _decoded_or_message(
+    ts: float, topic: str, payload: bytes | Record, device_id: str
+) -> Message | Decoded:
+    if type(payload) is Record:
+        return Decoded(ts, topic, payload)
+    assert isinstance(payload, bytes)
+    return Message(ts, topic, payload, device_id)
+
+
 _sent_at = attrgetter("ts")
 
 
 def _merge(
-    batch: Iterable[Message], scheduled: list[Message], k: int, until: float
-) -> tuple[list[Message], int]:
+    batch: Iterable[Message | Decoded], scheduled: list[Message], k: int, until: float
+) -> tuple[list[Message | Decoded], int]:
     """The batch's messages with the scheduled messages from the k-th on that are due by `until`,
     each before the first message sent at or after its time; and the number of scheduled sent."""
     messages = list(batch)
-    out: list[Message] = []
+    out: list[Message | Decoded] = []
     done = 0
     while k < len(scheduled) and scheduled[k].ts <= until:
         cut = bisect_left(messages, scheduled[k].ts, done, key=_sent_at)
@@ -310,5 +370,10 @@ def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndar
         heads = np.array([payload_head(d.device_id) for d in mine], dtype=object)
         tails = np.array([payload_tail(info) for info in infos], dtype=object)
         model = model_for(subtype, mine, seed)
-        groups.append(_Group(model, mine, mine[0].kind, infos, heads, tails))
+        refs = np.empty(len(mine), dtype=object)  # filled one by one: a DeviceRef is a tuple
+        info_dicts = np.empty(len(mine), dtype=object)
+        for i, (d, info) in enumerate(zip(mine, infos, strict=True)):
+            refs[i] = DeviceRef(d.tenant, d.zone, d.kind, d.device_id)
+            info_dicts[i] = info
+        groups.append(_Group(model, mine, mine[0].kind, infos, heads, tails, refs, info_dicts))
     return groups, group_of, row_of

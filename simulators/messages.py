@@ -11,6 +11,7 @@ from typing import NamedTuple, cast
 import numpy as np
 import orjson
 
+from detectors.model import DeviceRef, Record
 from simulators.fleet import Device
 
 DEFAULT_TOPIC_PREFIX = "fleet"
@@ -31,6 +32,17 @@ class Message(NamedTuple):
     # WILL the broker itself (the device's last will, its connection having dropped);
     # "operator:<client_id>" a separate client with the operator's credentials.
     origin: str = ""
+
+
+class Decoded(NamedTuple):
+    """A plain telemetry report (one no effect touched) handed over already decoded: `record`
+    is what the agent's decoder makes of the payload the report would have carried
+    (`generate(..., decoded=True)`; tests/test_generator_decoded.py checks it message by
+    message). `ts` is when it is sent, as for a Message."""
+
+    ts: float
+    topic: str
+    record: Record
 
 
 WILL = "will"
@@ -94,6 +106,25 @@ def telemetry_payloads(
 # The texts of small counts, made once (orjson's own): most counters of a report are small.
 _SMALL = 4_096
 _SMALL_INTS = np.array(orjson.dumps(list(range(_SMALL)))[1:-1].split(b","), dtype=object)
+
+
+def telemetry_records(
+    devices: list[DeviceRef],
+    ts: np.ndarray,
+    seq: np.ndarray,
+    metrics: Mapping[str, np.ndarray],
+    infos: list[dict[str, str]],
+) -> list[Record]:
+    """The Records the agent's decoder makes of `telemetry_payloads` with the same columns:
+    every metric a float (JSON integers and booleans are read as floats), in column order;
+    `ts` and `seq` as written (orjson's shortest text of a float reads back as that float)."""
+    names = list(metrics)
+    values: list[list[float]] = np.column_stack(
+        [np.asarray(column, dtype=np.float64) for column in metrics.values()]
+    ).tolist()
+    # Built by map, in C: no Python frame per report but the Record's own __init__.
+    metric_dicts = map(dict, map(zip, repeat(names), values))
+    return list(map(Record, devices, ts.tolist(), metric_dicts, seq.tolist(), infos))
 
 
 def _texts(column: np.ndarray) -> list[bytes]:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from simulators.anomalies import GroundTruth
 from simulators.broker_actions import ActionRunner, ActionStats, BrokerCredentials
@@ -16,7 +17,7 @@ from simulators.files import write_atomic
 from simulators.fleet import Fleet, build_fleet
 from simulators.generator import generate
 from simulators.inventory import write_inventory
-from simulators.messages import DEFAULT_TOPIC_PREFIX, Message
+from simulators.messages import DEFAULT_TOPIC_PREFIX, Decoded, Message
 from simulators.publisher import PublishStats, publish
 from simulators.recordfile import RecordingWriter
 from simulators.scenario import Compiled, Scenario, compile_scenario, scenario_start
@@ -84,9 +85,12 @@ def prepare(
     return ScenarioRun(scenario, fleet, t0, t1, s, topic_prefix, compiled)
 
 
+_Sent = TypeVar("_Sent", Message, Message | Decoded)
+
+
 def with_events(
-    messages: Iterable[Message], actions: Iterable[BrokerAction]
-) -> Iterator[Message | BrokerAction]:
+    messages: Iterable[_Sent], actions: Iterable[BrokerAction]
+) -> Iterator[_Sent | BrokerAction]:
     """Messages and broker actions merged in time order (actions first on a tie)."""
     pending = sorted(actions, key=lambda a: a.ts)
     k = 0

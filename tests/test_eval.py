@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -192,3 +193,18 @@ def test_eval_command_json_and_html(tmp_path: Path) -> None:
     text = html.read_text()
     assert "<svg" in text
     assert "camera_upload_surge" in text
+
+
+def test_eval_command_wire_decodes_every_report_for_the_same_alerts() -> None:
+    def run(*extra: str) -> dict[str, Any]:
+        args = ["eval", "--scenario", "camera-upload-surge", "--devices", "30", "--days", "0.6"]
+        result = CliRunner().invoke(app, [*args, "--config", str(CONFIG), "--json", *extra])
+        assert result.exit_code == 0, result.output
+        doc: dict[str, Any] = json.loads(result.stdout[result.stdout.index("{") :])
+        return doc
+
+    decoded, wire = run(), run("--wire")
+    assert (decoded["options"]["wire"], wire["options"]["wire"]) == (False, True)
+    assert decoded["runs"][0]["alerts"] == wire["runs"][0]["alerts"]
+    assert decoded["runs"][0]["messages"] == wire["runs"][0]["messages"]
+    assert decoded["score"]["attacks"]["camera_upload_surge"]["recall"] == 1.0
