@@ -106,11 +106,12 @@ class _Group:
     model: TelemetryModel
     devices: tuple[Device, ...]
     kind: str
-    infos: tuple[dict[str, str], ...]
-    heads: np.ndarray  # per device, `payload_head` (object array: indexed by rows in one call)
-    tails: np.ndarray  # per device, `payload_tail` of its info
-    refs: np.ndarray  # per device, its DeviceRef (decoded streams)
-    info_dicts: np.ndarray  # per device, its info (decoded streams)
+    # Per device (object arrays: indexed by rows in one call): its info, `payload_head`,
+    # `payload_tail` of its info, and its DeviceRef (for decoded streams).
+    infos: np.ndarray
+    heads: np.ndarray
+    tails: np.ndarray
+    refs: np.ndarray
 
     def encode(self, batch: _Batch, at: np.ndarray, rows: np.ndarray, targets: _Targets) -> None:
         """The payloads of this group's reports at batch positions `at`, into `batch.payloads`;
@@ -122,7 +123,7 @@ class _Group:
         ts, seq = batch.device_ts[at], batch.seq[at]
         if batch.decoded:
             batch.payloads[at] = telemetry_records(
-                self.refs[rows].tolist(), ts, seq, columns, self.info_dicts[rows].tolist()
+                self.refs[rows].tolist(), ts, seq, columns, self.infos[rows].tolist()
             )
         else:
             batch.payloads[at] = telemetry_payloads(
@@ -366,14 +367,12 @@ def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndar
         members = np.flatnonzero(group_of == g).tolist()
         row_of[members] = np.arange(len(members))
         mine = tuple(devices[i] for i in members)
-        infos = tuple(network.info(d) for d in mine)
+        infos = np.array([network.info(d) for d in mine], dtype=object)
         heads = np.array([payload_head(d.device_id) for d in mine], dtype=object)
         tails = np.array([payload_tail(info) for info in infos], dtype=object)
         model = model_for(subtype, mine, seed)
         refs = np.empty(len(mine), dtype=object)  # filled one by one: a DeviceRef is a tuple
-        info_dicts = np.empty(len(mine), dtype=object)
-        for i, (d, info) in enumerate(zip(mine, infos, strict=True)):
+        for i, d in enumerate(mine):
             refs[i] = DeviceRef(d.tenant, d.zone, d.kind, d.device_id)
-            info_dicts[i] = info
-        groups.append(_Group(model, mine, mine[0].kind, infos, heads, tails, refs, info_dicts))
+        groups.append(_Group(model, mine, mine[0].kind, infos, heads, tails, refs))
     return groups, group_of, row_of
