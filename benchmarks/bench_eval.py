@@ -19,11 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detectors.model import Record
 from sentinel.config import load_config
-from sentinel.evaluation.runner import build_pipeline, feed, run_scenario
-from simulators.generator import generate
-from simulators.messages import Decoded
+from sentinel.evaluation.runner import build_pipeline, feed, run_scenario, stream_items
+from simulators.recordfile import BrokerEvent
 from simulators.scenario import load_scenario
 from simulators.scenario_run import prepare
 
@@ -43,21 +41,10 @@ class Split:
 def split(scenario: str, devices: int, config: Path, wire: bool) -> Split:
     run = prepare(load_scenario(scenario), devices=devices, days=300 / 86_400)
     began = time.perf_counter()
-    stream = generate(
-        run.fleet,
-        run.start,
-        run.end,
-        None,
-        run.seed,
-        topic_prefix=run.prefix,
-        plan=run.compiled.plan,
-        decoded=not wire,
-    )
     gc.disable()  # as `feed` runs the stream: without the collector's passes
     try:
-        items: list[tuple[float, str, bytes | Record]] = [
-            (m.ts, m.topic, m.record if isinstance(m, Decoded) else m.payload) for m in stream
-        ]
+        stream = stream_items(run, broker=False, wire=wire)  # messages only
+        items = [i for i in stream if not isinstance(i, BrokerEvent)]
     finally:
         gc.enable()
     sim = time.perf_counter() - began

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import Field
@@ -97,10 +97,18 @@ class _Ranked:
 
     __slots__ = ("rank", "sorted")
 
-    def __init__(self, values: dict[DeviceRef, float]) -> None:
+    def __init__(self, sorted_values: list[float], rank: dict[DeviceRef, int]) -> None:
+        self.sorted = sorted_values
+        self.rank = rank
+
+    @classmethod
+    def of(cls, values: dict[DeviceRef, float]) -> _Ranked:
         order = sorted(values, key=values.__getitem__)
-        self.sorted = [values[r] for r in order]
-        self.rank = {r: i for i, r in enumerate(order)}
+        return cls([values[r] for r in order], {r: i for i, r in enumerate(order)})
+
+    def mapped(self, increasing: Callable[[float], float]) -> _Ranked:
+        """The same members, each value through a non-decreasing function: no new sort."""
+        return _Ranked([increasing(v) for v in self.sorted], self.rank)
 
     def __len__(self) -> int:
         return len(self.sorted)
@@ -123,26 +131,20 @@ class _Ranked:
 
 
 class _Peers:
-    """One zone's (or tenant's) references at a window's close."""
+    """One zone's (or tenant's) references at a window's close, from its members' log-means,
+    window totals, and which of them are established."""
 
     __slots__ = ("everyone", "known", "level", "total_everyone", "total_known", "totals")
 
     def __init__(
-        self,
-        *,
-        level: _Ranked,
-        everyone: _Ranked,
-        known: _Ranked,
-        totals: dict[DeviceRef, float],
-        total_everyone: float,
-        total_known: float,
+        self, logs: dict[DeviceRef, float], totals: dict[DeviceRef, float], known: list[DeviceRef]
     ) -> None:
-        self.level = level  # the means, for the level (`min_level`)
-        self.everyone = everyone  # log-means of every member
-        self.known = known  # log-means of the established members
+        self.everyone = _Ranked.of(logs)  # log-means of every member
+        self.level = self.everyone.mapped(math.exp)  # the means, for the level (`min_level`)
+        self.known = _Ranked.of({o: logs[o] for o in known})  # of the established members
         self.totals = totals
-        self.total_everyone = total_everyone
-        self.total_known = total_known
+        self.total_everyone = sum(totals.values())
+        self.total_known = sum(totals[o] for o in known)
 
     def index(self, ref: DeviceRef, min_peers: int) -> tuple[float, float, int]:
         """`ref`'s peer index (median log-mean of the others, established ones when there are
@@ -245,14 +247,7 @@ class PeerDrift(Detector):
         after = self.params.peer_after
         known = [o for o in group if window - self.devices_[o].first >= after]
         totals = {o: self.devices_[o].total for o in group}
-        return _Peers(
-            level=_Ranked({o: math.exp(logs[o]) for o in group}),
-            everyone=_Ranked({o: logs[o] for o in group}),
-            known=_Ranked({o: logs[o] for o in known}),
-            totals=totals,
-            total_everyone=sum(totals.values()),
-            total_known=sum(totals[o] for o in known),
-        )
+        return _Peers({o: logs[o] for o in group}, totals, known)
 
     def _judge(
         self,

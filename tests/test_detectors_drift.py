@@ -11,7 +11,7 @@ import pytest
 from detectors import registry
 from detectors import state as state_codec
 from detectors.base import Detector
-from detectors.drift import _Peers, _Ranked
+from detectors.drift import _Peers
 from detectors.model import DeviceRef, Record, Transition
 
 T0 = 1_700_000_000.0
@@ -175,14 +175,7 @@ def test_peer_references_by_rank_equal_the_median_of_the_others() -> None:
         }
         totals = {r: float(rng.integers(1, 500)) for r in refs}
         known = [r for r in refs if rng.random() < 0.6]
-        peers = _Peers(
-            level=_Ranked({r: float(np.exp(logs[r])) for r in refs}),
-            everyone=_Ranked(logs),
-            known=_Ranked({r: logs[r] for r in known}),
-            totals=totals,
-            total_everyone=sum(totals.values()),
-            total_known=sum(totals[r] for r in known),
-        )
+        peers = _Peers(logs, totals, known)
         for ref in refs:
             others = [o for o in refs if o != ref]
             if others:

@@ -26,7 +26,7 @@ import multiprocessing as mp
 import queue
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,11 +266,31 @@ def _shard(run: ScenarioRun, tenants: set[str]) -> tuple[Fleet, StreamPlan]:
     )
 
 
-def _items(messages: Iterable[Any], actions: Sequence[BrokerAction]) -> Iterable[Item]:
-    """Messages (decoded or not) and the broker events of `actions`, in stream order."""
+def stream_items(
+    run: ScenarioRun,
+    fleet: Fleet | None = None,
+    plan: StreamPlan | None = None,
+    *,
+    broker: bool = True,
+    wire: bool = False,
+) -> Iterator[Item]:
+    """What eval feeds the pipeline for `fleet` under `plan` (default: the run's): messages
+    and, with `broker`, the run's broker events, in stream order. Plain reports come decoded
+    unless `wire` (see `run_scenario`)."""
+    messages = generate(
+        run.fleet if fleet is None else fleet,
+        run.start,
+        run.end,
+        None,
+        run.seed,
+        topic_prefix=run.prefix,
+        plan=run.compiled.plan if plan is None else plan,
+        decoded=not wire,
+    )
+    actions = run.compiled.plan.actions if broker else ()
     for m in with_events(messages, actions):
-        if type(m) is Decoded:
-            yield m.ts, m.topic, m.record
+        if isinstance(m, Decoded):
+            yield m  # already (ts, topic, record)
         elif isinstance(m, BrokerAction):
             for ev in m.events():
                 yield BrokerEvent(m.ts, ev)
@@ -287,25 +307,10 @@ def _simulate(
     broker: bool = True,
     wire: bool = False,
 ) -> FeedResult:
-    """`broker`: this process gets the run's broker events (see the module's docstring).
-    `wire`: every report as its payload, through the decoder (else plain reports come
-    decoded, see `run_scenario`)."""
-    messages = generate(
-        fleet,
-        run.start,
-        run.end,
-        None,
-        run.seed,
-        topic_prefix=run.prefix,
-        plan=plan,
-        decoded=not wire,
-    )
-    actions = run.compiled.plan.actions if broker else ()
+    """`broker`: this process gets the run's broker events (see the module's docstring)."""
+    items = stream_items(run, fleet, plan, broker=broker, wire=wire)
     traffic = BrokerTraffic(cfg.traffic, fleet_inventory(run.fleet)) if broker else None
-    pipeline = build_pipeline(cfg)
-    return asyncio.run(
-        feed(pipeline, _items(messages, actions), cfg.pipeline.batch_max, progress, traffic)
-    )
+    return asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max, progress, traffic))
 
 
 def _worker(
