@@ -17,6 +17,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict
 
 from detectors import state as state_codec
+from detectors.columns import Columns
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 
 Scores = npt.NDArray[np.float64]
@@ -53,6 +54,11 @@ class Detector(ABC):
     @abstractmethod
     def update(self, records: Sequence[Record]) -> list[Transition]:
         """Consume records in time order; return the devices whose verdict changed."""
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """`update` on a batch seen as columns (detectors.columns): the same transitions.
+        Detectors that can clear most of a batch with array operations override it."""
+        return self.update(columns.records)
 
     @abstractmethod
     def tracked_devices(self) -> int:

@@ -18,9 +18,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal, get_args
 
+import numpy as np
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, StringConstraints, model_validator
 
 from detectors.base import METRIC_NAME, Detector, DetectorParams
+from detectors.columns import Columns
 from detectors.identity import InfoField
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
@@ -285,6 +287,30 @@ class ThresholdRule(Detector):
                 # A quiet device needs no state: dropping it keeps memory bounded.
                 del self.state_[record.device]
         return changes
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """`update` on only the rows that can change something: a fixed line on a metric is
+        tested on the whole column at once; the rows of a device that neither crosses it in
+        this batch nor holds a pending or firing state change nothing (see `update`)."""
+        p = self.params
+        if p.metric is None or p.value_from == "peers" or p.op in get_args(CidrOp):
+            return self.update(columns.records)
+        values = columns.column(p.metric)
+        seen = ~np.isnan(values)
+        if p.op in _OPS:
+            crossing = _OPS[p.op](values, self._fixed)
+        else:
+            crossing = np.isin(values, [float(v) for v in p.values]) == (p.op == "in")
+        # Every row of a device that crosses in this batch or holds a state: a row that
+        # does not cross still resets or clears its run.
+        involved = np.zeros(len(columns.table), dtype=np.bool_)
+        involved[columns.slots[crossing & seen]] = True
+        if self.state_:
+            slot_of = columns.table.slot_of
+            involved[[slot_of[ref] for ref in self.state_ if ref in slot_of]] = True
+        wanted = involved[columns.slots] & seen
+        records = columns.records
+        return self.update([records[i] for i in np.flatnonzero(wanted).tolist()])
 
     def _peers_quantile(self, record: Record, value: float) -> tuple[float, int] | None:
         """The `peer_quantile` of the device's peers' latest values (itself excluded) and

@@ -6,11 +6,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from detectors import registry
 from detectors.base import Detector, ScoringDetector, Verdict
+from detectors.columns import Columns, DeviceTable
 from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
+
+_BY_RECORDS = Detector.update_columns  # the default: `update` on the records
 
 
 @dataclass(slots=True)
@@ -90,6 +95,12 @@ class Engine:
         # Each device's last reported `info.model`, kept only while an instance selects by
         # model (bounded by the admitted devices).
         self._model_of: dict[DeviceRef, str] = {}
+        # Slots for the detectors that take batches as columns (detectors.columns); the
+        # columns are built once per batch, and only if one of them is configured.
+        self.table = DeviceTable()
+        self._by_columns = any(
+            type(inst.detector).update_columns is not _BY_RECORDS for inst in instances
+        )
 
     def reject_new_normal(self, detector: str, device: DeviceRef, since: float) -> list[str]:
         """An operator's verdict that `device`'s new level is not normal, passed to the
@@ -114,7 +125,7 @@ class Engine:
         scores, self._scores = self._scores, []
         return scores
 
-    def _run(self, inst: DetectorInstance, records: list[Record]) -> list[Transition]:
+    def _run(self, inst: DetectorInstance, records: Sequence[Record]) -> list[Transition]:
         detector = inst.detector
         if not isinstance(detector, ScoringDetector):
             return detector.update(records)
@@ -126,29 +137,28 @@ class Engine:
         self, records: Sequence[Record], commands: Sequence[CommandRecord] = ()
     ) -> list[tuple[AlertSource, list[Transition]]]:
         self._scores = []  # never more than one batch's worth held
-        by_kind: dict[str, list[Record]] = defaultdict(list)
-        for record in records:
-            by_kind[record.device.kind].append(record)
+        rows_of_kind: dict[str, list[int]] = defaultdict(list)
+        for i, record in enumerate(records):
+            rows_of_kind[record.device.kind].append(i)
         if any(inst.models for inst in self.instances):
             self._learn_models(records)
         elif self._model_of:
             self._model_of = {}
+        columns = Columns.of(records, self.table) if records and self._by_columns else None
         results = []
         for inst in self.instances:
-            # Arrival order is kept across kinds too: detectors that read the stream's time
-            # (the latest ts seen) would otherwise see a later kind's records as late.
-            if len(inst.kinds) == 1:
-                selected = by_kind.get(next(iter(inst.kinds)), [])
-            elif inst.kinds >= by_kind.keys():
-                selected = list(records)
-            else:
-                selected = [r for r in records if r.device.kind in inst.kinds]
-            if inst.tenants or inst.zones:
-                selected = [r for r in selected if inst.in_group(r.device)]
-            if inst.models:
-                model_of = self._model_of
-                selected = [r for r in selected if model_of.get(r.device) in inst.models]
-            transitions = self._run(inst, selected) if selected else []
+            rows = self._rows(inst, records, rows_of_kind)
+            transitions: list[Transition] = []
+            if rows is None:  # all of them
+                if records:
+                    transitions = self._update(inst, records, columns)
+            elif rows:
+                selected = np.array(rows, dtype=np.int64)
+                transitions = self._update(
+                    inst,
+                    [records[i] for i in rows],
+                    columns.select(selected) if columns is not None else None,
+                )
             if commands and isinstance(inst.detector, CommandConsumer):
                 mine = [
                     c for c in commands if c.device.kind in inst.kinds and inst.in_group(c.device)
@@ -158,8 +168,41 @@ class Engine:
                 results.append((inst.source, transitions))
         return results
 
+    def _rows(
+        self,
+        inst: DetectorInstance,
+        records: Sequence[Record],
+        rows_of_kind: dict[str, list[int]],
+    ) -> list[int] | None:
+        """The rows an instance watches, in arrival order (None: every row)."""
+        rows: list[int] | None
+        # Arrival order is kept across kinds too: detectors that read the stream's time
+        # (the latest ts seen) would otherwise see a later kind's records as late.
+        if len(inst.kinds) == 1:
+            rows = rows_of_kind.get(next(iter(inst.kinds)), [])
+        elif inst.kinds >= rows_of_kind.keys():
+            rows = None
+        else:
+            rows = sorted(i for k in inst.kinds for i in rows_of_kind.get(k, ()))
+        if inst.tenants or inst.zones:
+            every = range(len(records)) if rows is None else rows
+            rows = [i for i in every if inst.in_group(records[i].device)]
+        if inst.models:
+            model_of = self._model_of
+            every = range(len(records)) if rows is None else rows
+            rows = [i for i in every if model_of.get(records[i].device) in inst.models]
+        return rows
+
+    def _update(
+        self, inst: DetectorInstance, records: Sequence[Record], columns: Columns | None
+    ) -> list[Transition]:
+        if columns is not None and type(inst.detector).update_columns is not _BY_RECORDS:
+            return inst.detector.update_columns(columns)
+        return self._run(inst, records)
+
     def forget(self, device_ids: set[str]) -> None:
         for inst in self.instances:
             inst.detector.forget(device_ids)
+        self.table.release(device_ids)
         for ref in [ref for ref in self._model_of if ref.device_id in device_ids]:
             del self._model_of[ref]
