@@ -13,8 +13,9 @@ memory bounded whatever names hostile payloads bring: never a rows x all-names m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -90,20 +91,21 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
-class Columns:
-    """One batch of records, in arrival order, with its columns."""
+class Reports:
+    """Decoded telemetry reports as columns, in arrival order, before they are given slots:
+    what the simulator hands over without making a Record per report (`given` holds the
+    records themselves when the reports were made from records)."""
 
-    records: Sequence[Record]
-    table: DeviceTable
-    slots: Ints
+    refs: Sequence[DeviceRef]
     ts: Floats
-    seq: Ints  # NO_SEQ where a record has none
-    blocks: tuple[Block, ...]
+    seq: Ints  # NO_SEQ where a report has none
+    blocks: tuple[Block, ...]  # rows ascending within each block
+    infos: Sequence[Mapping[str, str]]
+    given: Sequence[Record] | None = None
 
     @classmethod
-    def of(cls, records: Sequence[Record], table: DeviceTable) -> Columns:
+    def of_records(cls, records: Sequence[Record]) -> Reports:
         n = len(records)
-        slots = table.slots([r.device for r in records])
         ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=n)
         seq = np.fromiter(
             (NO_SEQ if r.seq is None else r.seq for r in records), dtype=np.int64, count=n
@@ -121,25 +123,47 @@ class Columns:
             values = [list(records[i].metrics.values()) for i in rows]
             matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(names))
             blocks.append(Block(np.array(rows, dtype=np.int64), names, matrix))
-        return cls(records, table, slots, ts, seq, tuple(blocks))
+        refs = [r.device for r in records]
+        return cls(refs, ts, seq, tuple(blocks), [r.info for r in records], records)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.ts)
 
-    def column(self, name: str) -> Floats:
-        """A metric's values by row; NaN where a record does not carry it (a decoded metric
-        is never NaN: the decoder rejects non-finite numbers)."""
-        out = np.full(len(self.records), np.nan)
+    def record(self, i: int) -> Record:
+        """Row `i` as the Record the decoder makes of its payload."""
+        if self.given is not None:
+            return self.given[i]
+        metrics: dict[str, float] = {}
         for block in self.blocks:
-            if name in block.names:
-                out[block.rows] = block.values[:, block.names.index(name)]
-        return out
+            j = int(np.searchsorted(block.rows, i))
+            if j < len(block.rows) and block.rows[j] == i:
+                metrics = dict(zip(block.names, block.values[j].tolist(), strict=True))
+                break
+        seq = int(self.seq[i])
+        return Record(
+            self.refs[i], float(self.ts[i]), metrics, None if seq == NO_SEQ else seq, self.infos[i]
+        )
 
-    def select(self, rows: Ints) -> Columns:
-        """The given rows (ascending), as a batch of their own."""
-        if len(rows) == len(self.records):
-            return self
-        new_index = np.full(len(self.records), -1, dtype=np.int64)
+    def slice(self, lo: int, hi: int) -> Reports:
+        """Rows lo..hi-1."""
+        blocks = []
+        for block in self.blocks:
+            a, b = np.searchsorted(block.rows, (lo, hi)).tolist()
+            if a < b:
+                blocks.append(Block(block.rows[a:b] - lo, block.names, block.values[a:b]))
+        given = self.given[lo:hi] if self.given is not None else None
+        return Reports(
+            self.refs[lo:hi],
+            self.ts[lo:hi],
+            self.seq[lo:hi],
+            tuple(blocks),
+            self.infos[lo:hi],
+            given,
+        )
+
+    def select(self, rows: Ints) -> Reports:
+        """The given rows (ascending)."""
+        new_index = np.full(len(self), -1, dtype=np.int64)
         new_index[rows] = np.arange(len(rows), dtype=np.int64)
         blocks = []
         for block in self.blocks:
@@ -147,10 +171,126 @@ class Columns:
             keep = moved >= 0
             if keep.any():
                 blocks.append(Block(moved[keep], block.names, block.values[keep]))
-        records = [self.records[i] for i in rows.tolist()]
-        return Columns(
-            records, self.table, self.slots[rows], self.ts[rows], self.seq[rows], tuple(blocks)
+        at = rows.tolist()
+        given = [self.given[i] for i in at] if self.given is not None else None
+        return Reports(
+            [self.refs[i] for i in at],
+            self.ts[rows],
+            self.seq[rows],
+            tuple(blocks),
+            [self.infos[i] for i in at],
+            given,
         )
+
+    @staticmethod
+    def join(parts: Sequence[Reports]) -> Reports:
+        """Parts one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = np.cumsum([0, *(len(p) for p in parts)]).tolist()
+        blocks = tuple(
+            Block(b.rows + offset, b.names, b.values)
+            for part, offset in zip(parts, offsets, strict=False)
+            for b in part.blocks
+        )
+        refs: list[DeviceRef] = []
+        infos: list[Mapping[str, str]] = []
+        for part in parts:
+            refs += part.refs
+            infos += part.infos
+        given = None
+        if all(p.given is not None for p in parts):
+            given = [r for p in parts for r in p.given or ()]
+        return Reports(
+            refs,
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.seq for p in parts]),
+            blocks,
+            infos,
+            given,
+        )
+
+
+class Rows(Sequence[Record]):
+    """The records of some reports, made only when asked for."""
+
+    __slots__ = ("_reports",)
+
+    def __init__(self, reports: Reports) -> None:
+        self._reports = reports
+
+    def __len__(self) -> int:
+        return len(self._reports)
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Record]: ...
+    def __getitem__(self, i: int | slice) -> Record | Sequence[Record]:
+        if isinstance(i, slice):
+            return [self._reports.record(j) for j in range(len(self))[i]]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._reports.record(i)
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """One batch of reports, in arrival order, with the devices' slots in `table`."""
+
+    reports: Reports
+    table: DeviceTable
+    slots: Ints
+
+    @classmethod
+    def of(cls, records: Sequence[Record], table: DeviceTable) -> Columns:
+        return cls.of_reports(Reports.of_records(records), table)
+
+    @classmethod
+    def of_reports(cls, reports: Reports, table: DeviceTable) -> Columns:
+        return cls(reports, table, table.slots(reports.refs))
+
+    @property
+    def records(self) -> Sequence[Record]:
+        """The rows as Records (made on demand when the reports came as columns)."""
+        given = self.reports.given
+        return given if given is not None else Rows(self.reports)
+
+    @property
+    def ts(self) -> Floats:
+        return self.reports.ts
+
+    @property
+    def seq(self) -> Ints:
+        return self.reports.seq
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        return self.reports.blocks
+
+    @property
+    def infos(self) -> Sequence[Mapping[str, str]]:
+        return self.reports.infos
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def column(self, name: str) -> Floats:
+        """A metric's values by row; NaN where a record does not carry it (a decoded metric
+        is never NaN: the decoder rejects non-finite numbers)."""
+        out = np.full(len(self), np.nan)
+        for block in self.blocks:
+            if name in block.names:
+                out[block.rows] = block.values[:, block.names.index(name)]
+        return out
+
+    def select(self, rows: Ints) -> Columns:
+        """The given rows (ascending), as a batch of their own."""
+        if len(rows) == len(self):
+            return self
+        return Columns(self.reports.select(rows), self.table, self.slots[rows])
 
     def segments(self) -> list[slice]:
         """The batch cut into runs of consecutive rows where no device appears twice, in

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from detectors import registry
 from detectors.base import Detector, ScoringDetector, Verdict
-from detectors.columns import Columns, DeviceTable
+from detectors.columns import Columns, DeviceTable, Reports, Rows
 from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
@@ -112,12 +112,12 @@ class Engine:
             for line in inst.detector.reject_new_normal(device, since)
         ]
 
-    def _learn_models(self, records: Sequence[Record]) -> None:
+    def _learn_models(self, refs: Sequence[DeviceRef], infos: Sequence[Mapping[str, str]]) -> None:
         model_of = self._model_of
-        for record in records:
-            model = record.info.get("model")
-            if model is not None and model_of.get(record.device) != model:
-                model_of[record.device] = model
+        for ref, info in zip(refs, infos, strict=True):
+            model = info.get("model")
+            if model is not None and model_of.get(ref) != model:
+                model_of[ref] = model
 
     def take_scores(self) -> list[ScoreSample]:
         """Score samples of the scoring detectors in the last `process` call. Callers that do
@@ -136,29 +136,41 @@ class Engine:
     def process(
         self, records: Sequence[Record], commands: Sequence[CommandRecord] = ()
     ) -> list[tuple[AlertSource, list[Transition]]]:
+        if self._by_columns and records:
+            return self.process_reports(Reports.of_records(records), commands)
+        return self._process([r.device for r in records], records, None, commands)
+
+    def process_reports(
+        self, reports: Reports, commands: Sequence[CommandRecord] = ()
+    ) -> list[tuple[AlertSource, list[Transition]]]:
+        """`process` for reports that came as columns (eval's simulated ones): records are
+        made only for the detectors that need them."""
+        if not self._by_columns or not len(reports):
+            return self._process(reports.refs, list(Rows(reports)), None, commands)
+        columns = Columns.of_reports(reports, self.table)
+        return self._process(reports.refs, columns.records, columns, commands)
+
+    def _process(
+        self,
+        refs: Sequence[DeviceRef],
+        records: Sequence[Record],
+        columns: Columns | None,
+        commands: Sequence[CommandRecord],
+    ) -> list[tuple[AlertSource, list[Transition]]]:
         self._scores = []  # never more than one batch's worth held
         rows_of_kind: dict[str, list[int]] = defaultdict(list)
-        for i, record in enumerate(records):
-            rows_of_kind[record.device.kind].append(i)
+        for i, ref in enumerate(refs):
+            rows_of_kind[ref.kind].append(i)
         if any(inst.models for inst in self.instances):
-            self._learn_models(records)
+            self._learn_models(refs, columns.infos if columns else [r.info for r in records])
         elif self._model_of:
             self._model_of = {}
-        columns = Columns.of(records, self.table) if records and self._by_columns else None
         results = []
         for inst in self.instances:
-            rows = self._rows(inst, records, rows_of_kind)
+            rows = self._rows(inst, refs, rows_of_kind)
             transitions: list[Transition] = []
-            if rows is None:  # all of them
-                if records:
-                    transitions = self._update(inst, records, columns)
-            elif rows:
-                selected = np.array(rows, dtype=np.int64)
-                transitions = self._update(
-                    inst,
-                    [records[i] for i in rows],
-                    columns.select(selected) if columns is not None else None,
-                )
+            if rows or (rows is None and refs):
+                transitions = self._update(inst, records, columns, rows)
             if commands and isinstance(inst.detector, CommandConsumer):
                 mine = [
                     c for c in commands if c.device.kind in inst.kinds and inst.in_group(c.device)
@@ -171,7 +183,7 @@ class Engine:
     def _rows(
         self,
         inst: DetectorInstance,
-        records: Sequence[Record],
+        refs: Sequence[DeviceRef],
         rows_of_kind: dict[str, list[int]],
     ) -> list[int] | None:
         """The rows an instance watches, in arrival order (None: every row)."""
@@ -185,20 +197,27 @@ class Engine:
         else:
             rows = sorted(i for k in inst.kinds for i in rows_of_kind.get(k, ()))
         if inst.tenants or inst.zones:
-            every = range(len(records)) if rows is None else rows
-            rows = [i for i in every if inst.in_group(records[i].device)]
+            every = range(len(refs)) if rows is None else rows
+            rows = [i for i in every if inst.in_group(refs[i])]
         if inst.models:
             model_of = self._model_of
-            every = range(len(records)) if rows is None else rows
-            rows = [i for i in every if model_of.get(records[i].device) in inst.models]
+            every = range(len(refs)) if rows is None else rows
+            rows = [i for i in every if model_of.get(refs[i]) in inst.models]
         return rows
 
     def _update(
-        self, inst: DetectorInstance, records: Sequence[Record], columns: Columns | None
+        self,
+        inst: DetectorInstance,
+        records: Sequence[Record],
+        columns: Columns | None,
+        rows: list[int] | None,
     ) -> list[Transition]:
+        """The instance's detector on its rows (None: all): as columns if it takes them."""
         if columns is not None and type(inst.detector).update_columns is not _BY_RECORDS:
+            if rows is not None:
+                columns = columns.select(np.array(rows, dtype=np.int64))
             return inst.detector.update_columns(columns)
-        return self._run(inst, records)
+        return self._run(inst, records if rows is None else [records[i] for i in rows])
 
     def forget(self, device_ids: set[str]) -> None:
         for inst in self.instances:
