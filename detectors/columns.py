@@ -13,9 +13,9 @@ memory bounded whatever names hostile payloads bring: never a rows x all-names m
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -144,6 +144,23 @@ class Reports:
             self.refs[i], float(self.ts[i]), metrics, None if seq == NO_SEQ else seq, self.infos[i]
         )
 
+    def records(self) -> list[Record]:
+        """Every row as a Record (as `record`, but block by block)."""
+        if self.given is not None:
+            return list(self.given)
+        metrics: list[dict[str, float] | None] = [None] * len(self)
+        for block in self.blocks:
+            names = block.names
+            for row, values in zip(block.rows.tolist(), block.values.tolist(), strict=True):
+                metrics[row] = dict(zip(names, values, strict=True))
+        seq = [None if s == NO_SEQ else s for s in self.seq.tolist()]
+        return [
+            Record(ref, ts, {} if m is None else m, n, info)
+            for ref, ts, m, n, info in zip(
+                self.refs, self.ts.tolist(), metrics, seq, self.infos, strict=True
+            )
+        ]
+
     def slice(self, lo: int, hi: int) -> Reports:
         """Rows lo..hi-1."""
         blocks = []
@@ -188,10 +205,20 @@ class Reports:
         if len(parts) == 1:
             return parts[0]
         offsets = np.cumsum([0, *(len(p) for p in parts)]).tolist()
+        # One block per layout: a batch made of many runs would otherwise hold hundreds.
+        layouts: dict[tuple[str, ...], list[Block]] = {}
+        for part, offset in zip(parts, offsets, strict=False):
+            for b in part.blocks:
+                layouts.setdefault(b.names, []).append(Block(b.rows + offset, b.names, b.values))
         blocks = tuple(
-            Block(b.rows + offset, b.names, b.values)
-            for part, offset in zip(parts, offsets, strict=False)
-            for b in part.blocks
+            same[0]
+            if len(same) == 1
+            else Block(
+                np.concatenate([b.rows for b in same]),
+                names,
+                np.concatenate([b.values for b in same]),
+            )
+            for names, same in layouts.items()
         )
         refs: list[DeviceRef] = []
         infos: list[Mapping[str, str]] = []
@@ -222,13 +249,16 @@ class Rows(Sequence[Record]):
     def __len__(self) -> int:
         return len(self._reports)
 
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self._reports.records())
+
     @overload
     def __getitem__(self, i: int) -> Record: ...
     @overload
     def __getitem__(self, i: slice) -> Sequence[Record]: ...
     def __getitem__(self, i: int | slice) -> Record | Sequence[Record]:
         if isinstance(i, slice):
-            return [self._reports.record(j) for j in range(len(self))[i]]
+            return self._reports.records()[i]
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
@@ -296,14 +326,14 @@ class Columns:
         """The batch cut into runs of consecutive rows where no device appears twice, in
         order: within a run, per-device updates may be applied to all rows at once."""
         n = len(self.slots)
-        previous = _previous_occurrence(self.slots)
         out = []
         start = 0
-        while start < n:
-            again = np.flatnonzero(previous[start:] >= start)
-            end = start + int(again[0]) if len(again) else n
-            out.append(slice(start, end))
-            start = end
+        for i, previous in enumerate(_previous_occurrence(self.slots).tolist()):
+            if previous >= start:  # the device's earlier row is in this run: a new run
+                out.append(slice(start, i))
+                start = i
+        if start < n:
+            out.append(slice(start, n))
         return out
 
 
@@ -317,10 +347,14 @@ def _previous_occurrence(slots: Ints) -> Ints:
     return previous
 
 
-def grown(array: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
-    """`array` extended to at least `size` entries with `fill` (by doubling: amortized)."""
+_Cell = TypeVar("_Cell", bound=np.generic)
+
+
+def grown(array: npt.NDArray[_Cell], size: int, fill: object) -> npt.NDArray[_Cell]:
+    """`array` extended to at least `size` entries (rows, for a matrix) with `fill` (by
+    doubling: amortized)."""
     if len(array) >= size:
         return array
-    out = np.full(max(size, 2 * len(array), 64), fill, dtype=array.dtype)
+    out = np.full((max(size, 2 * len(array), 64), *array.shape[1:]), fill, dtype=array.dtype)
     out[: len(array)] = array
     return out

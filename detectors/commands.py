@@ -25,9 +25,11 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from detectors.base import Detector, DetectorParams
+from detectors.columns import Columns
 from detectors.model import CommandRecord, DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock
@@ -93,6 +95,20 @@ class Commands(Detector):
                 changes += self._clears(now)
                 due = self.due_
         self.clock_.now = now
+        return changes
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """`update` on the time column: the rows where the stream time reaches the due time
+        are found by bisection (the stream time never goes back)."""
+        changes: list[Transition] = []
+        if not len(columns):
+            return changes
+        now = np.maximum.accumulate(np.concatenate(([self.clock_.now], columns.ts)))[1:]
+        row = 0
+        while (row := row + int(np.searchsorted(now[row:], self.due_))) < len(now):
+            changes += self._clears(float(now[row]))
+            row += 1
+        self.clock_.now = float(now[-1])
         return changes
 
     def update_commands(self, commands: Sequence[CommandRecord]) -> list[Transition]:

@@ -166,11 +166,20 @@ class Engine:
         elif self._model_of:
             self._model_of = {}
         results = []
+        # Records for the detectors that take no columns: made at most once per batch.
+        every: list[Record] | None = None if columns is not None else list(records)
         for inst in self.instances:
             rows = self._rows(inst, refs, rows_of_kind)
             transitions: list[Transition] = []
-            if rows or (rows is None and refs):
-                transitions = self._update(inst, records, columns, rows)
+            watched = len(refs) if rows is None else len(rows)
+            if not watched:
+                pass
+            elif columns is not None and type(inst.detector).update_columns is not _BY_RECORDS:
+                selected = columns if rows is None else columns.select(np.array(rows, np.int64))
+                transitions = inst.detector.update_columns(selected)
+            else:
+                every = list(records) if every is None else every
+                transitions = self._run(inst, every if rows is None else [every[i] for i in rows])
             if commands and isinstance(inst.detector, CommandConsumer):
                 mine = [
                     c for c in commands if c.device.kind in inst.kinds and inst.in_group(c.device)
@@ -204,20 +213,6 @@ class Engine:
             every = range(len(refs)) if rows is None else rows
             rows = [i for i in every if model_of.get(refs[i]) in inst.models]
         return rows
-
-    def _update(
-        self,
-        inst: DetectorInstance,
-        records: Sequence[Record],
-        columns: Columns | None,
-        rows: list[int] | None,
-    ) -> list[Transition]:
-        """The instance's detector on its rows (None: all): as columns if it takes them."""
-        if columns is not None and type(inst.detector).update_columns is not _BY_RECORDS:
-            if rows is not None:
-                columns = columns.select(np.array(rows, dtype=np.int64))
-            return inst.detector.update_columns(columns)
-        return self._run(inst, records if rows is None else [records[i] for i in rows])
 
     def forget(self, device_ids: set[str]) -> None:
         for inst in self.instances:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 from pydantic import ValidationError
 
 from detectors import registry
+from detectors.columns import Columns, DeviceTable
 from detectors.commands import Commands
-from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record
+from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
 from sentinel.alerting.alerts import AlertBook
 from sentinel.config import DetectorConfig, ValidationConfig
 from sentinel.deadletter import DeadLetters
@@ -162,3 +165,37 @@ def test_a_zone_whose_quiet_time_passed_clears_on_the_next_record_even_a_late_on
     assert [t.firing for t in raised] == [True]
     out = det.update([Record(LIGHTS[2], DAY + 10_000, {"on": 1.0})])
     assert [(t.device, t.firing, t.ts) for t in out] == [(LIGHTS[1], False, DAY + 20_000)]
+
+
+def test_the_column_path_clears_as_the_per_record_loop_does() -> None:
+    """Mass commands to many zones at staggered times, then telemetry every few seconds with
+    late records among it, cut into random batches: the same clears at the same stream times
+    either way."""
+    rng = random.Random(5)
+    zones = [
+        [DeviceRef("lyon", f"z{z}", "lighting", f"l{z}-{i}") for i in range(3)] for z in range(12)
+    ]
+    by_rows, by_columns, table = make(mass_min_devices=3), make(mass_min_devices=3), DeviceTable()
+    want: list[Transition] = []
+    got: list[Transition] = []
+    t = DAY
+    for _ in range(3):
+        commands = [
+            cmd(d, t + 3 * z + i) for z, zone in enumerate(zones) for i, d in enumerate(zone)
+        ]
+        want += by_rows.update_commands(commands)
+        got += by_columns.update_commands(commands)
+        late = [rng.random() < 0.3 for _ in range(900)]
+        records = [
+            Record(LIGHTS[0], t + 5 * i - (rng.uniform(50, 400) if late[i] else 0), {"on": 1.0})
+            for i in range(900)
+        ]
+        start = 0
+        while start < len(records):
+            batch = records[start : start + rng.choice([1, 3, 20, 200])]
+            start += len(batch)
+            want += by_rows.update(batch)
+            got += by_columns.update_columns(Columns.of(batch, table))
+        t += 5000
+    assert repr(got) == repr(want)
+    assert sum(not c.firing for c in want) >= 20  # clears did happen, many within a batch
