@@ -16,6 +16,10 @@ where the peers' mean is under `min_level` (night counts near zero) are skipped.
 `direction` says which side raises (`up` by default). The first finding raises; flagged windows
 are not learned; `clear_after` unflagged windows clear; a jump lasting `adopt_after` windows is
 adopted as the new normal (raised once). Per device: a window accumulator and `history` values.
+
+Batches come as columns (`update_columns`): between two window closes a record only adds to
+its device's sums, so those are arrays by device slot, added to with a few array operations;
+only a close runs per-device code.
 """
 
 from __future__ import annotations
@@ -23,17 +27,23 @@ from __future__ import annotations
 import math
 import statistics
 from array import array
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
+from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
+from detectors.columns import Columns, DeviceTable, Floats, Ints, grown
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock, forget_devices
 
 _MAD_TO_SIGMA = 1.4826
+_Sums = tuple[int, float, int]  # a device's open window: its index, sum and count
+_EXACT = 2**53  # window indexes and counts beyond it do not survive a float64 or int64 array
 
 
 class PeerDriftParams(DetectorParams):
@@ -65,22 +75,12 @@ class PeerDriftParams(DetectorParams):
 
 
 class _Device:
-    __slots__ = (
-        "firing",
-        "first",
-        "flagged",
-        "history",
-        "n",
-        "normal",
-        "total",
-        "window",
-    )
+    """A device's judged windows; its open window's sums live in PeerDrift's slot arrays."""
+
+    __slots__ = ("firing", "first", "flagged", "history", "normal")
 
     def __init__(self, window: int) -> None:
         self.first = window  # the window it was first seen in
-        self.window = -1  # the window index being accumulated
-        self.total = 0.0
-        self.n = 0
         # Flat (window, x, weight) triples, oldest first, the window counted from `first`;
         # weight is the window's precision (1.0 unless `counts`). Single-precision floats
         # (exact for window counts below 2**24): a full history is ~390 bytes per device
@@ -172,38 +172,103 @@ class PeerDrift(Detector):
         self.devices_: dict[DeviceRef, _Device] = {}
         self.clock_ = StreamClock()
         self.window_ = -1  # the stream's current window
+        # Each device's open window: its index (NaN: a slot without a device), the sum and
+        # the count of its values, by slot of the DeviceTable bound at the first batch.
+        self._table: DeviceTable | None = None
+        self._own_table = False  # made by `update`: this detector releases its slots
+        self._window: Floats = np.full(0, np.nan)
+        self._total: Floats = np.zeros(0)
+        self._n: Ints = np.zeros(0, dtype=np.int64)
+        self._order: Ints | None = None  # the slots of `devices_`, in its order
+        # A checkpoint's sums, until a table gives the devices slots.
+        self._loaded: dict[DeviceRef, _Sums] = {}
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
-        p = self.params
+        if self._table is None:
+            self._bind(DeviceTable(), own=True)
+        assert self._table is not None
+        return self.update_columns(Columns.of(records, self._table))
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """Per record, as a loop would: the stream time (the latest ts) moves on; when its
+        window passes the current one, that window closes (`_close`); a finite value of
+        `metric` from the current window adds to its device's sums, others are late. Between
+        two closes the additions are independent of one another: done as arrays."""
+        if self._table is None:
+            self._bind(columns.table, own=False)
+        elif columns.table is not self._table:
+            raise ValueError("peer_drift takes the slots of one DeviceTable, not another's")
+        if not len(columns):
+            return []
+        ts = columns.ts
+        if not np.isfinite(ts).all():
+            raise ValueError("a record's ts is not a finite number")
+        self._grow(len(columns.table))
+        width = self.params.window_s
+        # Windows are integral floats: exact, and no int64 overflow whatever ts comes.
+        now = np.maximum.accumulate(np.concatenate(([self.clock_.now], ts)))[1:]
+        current = np.maximum(np.floor(now / width), float(self.window_))  # after each row
+        values = columns.column(self.params.metric)
+        counted = np.isfinite(values) & (np.floor(ts / width) == current)
+        before = np.concatenate(([float(self.window_)], current[:-1]))
         changes: list[Transition] = []
-        for record in records:
-            now = self.clock_.see(record.ts)
-            window = math.floor(now / p.window_s)
-            if window > self.window_:
-                if self.window_ >= 0:
-                    changes += self._close(self.window_)
-                self.window_ = window
-            value = record.metrics.get(p.metric)
-            if value is None or not math.isfinite(value):
-                continue
-            mine = math.floor(record.ts / p.window_s)
-            if mine != self.window_:
-                continue  # late for its window
-            state = self.devices_.get(record.device)
-            if state is None:
-                state = self.devices_[record.device] = _Device(mine)
-            if state.window != mine:
-                state.window, state.total, state.n = mine, 0.0, 0
-            state.total += value
-            state.n += 1
+        start = 0
+        for row in np.flatnonzero(current > before).tolist():
+            self._add(columns.slots, values, counted, slice(start, row))
+            if self.window_ >= 0:
+                changes += self._close(self.window_)
+            self.window_ = int(current[row])
+            start = row
+        self._add(columns.slots, values, counted, slice(start, len(columns)))
+        self.clock_.now = float(now[-1])
         return changes
+
+    def _add(
+        self, slots: Ints, values: Floats, counted: npt.NDArray[np.bool_], rows: slice
+    ) -> None:
+        """Add the counted rows (all of the current window) to their devices' sums."""
+        picked = np.flatnonzero(counted[rows]) + rows.start
+        if not len(picked):
+            return
+        mine = slots[picked]
+        window = float(self.window_)
+        unknown = np.isnan(self._window[mine])
+        if unknown.any():
+            # New devices join `devices_` in the order of their first record, as one by one.
+            new, first = np.unique(mine[unknown], return_index=True)
+            assert self._table is not None
+            refs = self._table.refs
+            for slot in new[np.argsort(first)].tolist():
+                ref = refs[slot]
+                assert ref is not None
+                self.devices_[ref] = _Device(self.window_)
+            self._order = None
+        stale = mine[self._window[mine] != window]
+        self._window[stale] = window
+        self._total[stale] = 0.0
+        self._n[stale] = 0
+        # `ufunc.at` applies repeated slots one after the other in row order: the same
+        # float additions, in the same order, as a per-record `total += value`.
+        np.add.at(self._total, mine, values[picked])
+        np.add.at(self._n, mine, 1)
 
     def _close(self, window: int) -> list[Transition]:
         p = self.params
+        refs = list(self.devices_)
+        if self._order is None:
+            assert self._table is not None
+            slot_of = self._table.slot_of
+            self._order = np.array([slot_of[ref] for ref in refs], dtype=np.int64)
+        sums, counts = self._total[self._order], self._n[self._order]
+        live = np.flatnonzero((self._window[self._order] == window) & (counts > 0) & (sums > 0))
+        # The mean divides as Python would (float / int); the log in Python: math.log and
+        # np.log may differ in the last bit.
+        means = (sums[live] / counts[live]).tolist()
         logs: dict[DeviceRef, float] = {}
-        for ref, state in self.devices_.items():
-            if state.window == window and state.n and state.total > 0:
-                logs[ref] = math.log(state.total / state.n)
+        totals: dict[DeviceRef, float] = {}
+        for i, mean, total in zip(live.tolist(), means, sums[live].tolist(), strict=True):
+            logs[refs[i]] = math.log(mean)
+            totals[refs[i]] = total
         zones: dict[tuple[str, str, str], list[DeviceRef]] = {}
         tenants: dict[tuple[str, str], list[DeviceRef]] = {}
         for ref in logs:
@@ -225,29 +290,34 @@ class PeerDrift(Detector):
                     continue
             ranked = peers.get(key)
             if ranked is None:
-                ranked = peers[key] = self._peers(group, logs, window)
+                ranked = peers[key] = self._peers(group, logs, totals, window)
             level = ranked.level.median(without=ref)
             if level <= p.min_level:
                 continue
             index, pooled, used = ranked.index(ref, p.min_peers)
             x = y - index
             state = self.devices_[ref]
-            weight = 1.0 / (1.0 / state.total + 1.0 / pooled) if p.counts else 1.0
+            weight = 1.0 / (1.0 / totals[ref] + 1.0 / pooled) if p.counts else 1.0
             point = (x, weight)
             change = self._judge(ref, state, end, point, math.exp(y), level, scope, used)
             if change is not None:
                 changes.append(change)
         return changes
 
-    def _peers(self, group: list[DeviceRef], logs: dict[DeviceRef, float], window: int) -> _Peers:
+    def _peers(
+        self,
+        group: list[DeviceRef],
+        logs: dict[DeviceRef, float],
+        totals: dict[DeviceRef, float],
+        window: int,
+    ) -> _Peers:
         """A group's references. Its established members (present for `peer_after` windows)
         set the index, so that a device that just appeared (a rogue one) does not move its
         zone's reference when it comes and goes; all of them while too few are established
         (the start of a stream)."""
         after = self.params.peer_after
         known = [o for o in group if window - self.devices_[o].first >= after]
-        totals = {o: self.devices_[o].total for o in group}
-        return _Peers({o: logs[o] for o in group}, totals, known)
+        return _Peers({o: logs[o] for o in group}, {o: totals[o] for o in group}, known)
 
     def _judge(
         self,
@@ -384,3 +454,89 @@ class PeerDrift(Detector):
 
     def forget(self, device_ids: set[str]) -> None:
         forget_devices(self.devices_, device_ids)
+        forget_devices(self._loaded, device_ids)
+        if self._table is None:
+            return
+        gone = [s for ref, s in self._table.slot_of.items() if ref.device_id in device_ids]
+        self._reset(np.array(gone, dtype=np.int64))
+        if self._own_table:
+            self._table.release(device_ids)
+        self._order = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The learned attributes, plus the open window's sums by device (not by slot: a
+        checkpoint outlives the process and its table)."""
+        learned = state_codec.encode_learned(self)
+        learned["sums_"] = state_codec.encode(self._sums())
+        return state_codec.wrap(self.type_name, learned)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        learned = dict(state_codec.unwrap(self.type_name, state))
+        sums = _decode_sums(learned.pop("sums_", None))
+        before = self.devices_, self.clock_, self.window_
+        super().load_state(state_codec.wrap(self.type_name, learned))
+        if set(sums) != set(self.devices_):
+            self.devices_, self.clock_, self.window_ = before
+            raise state_codec.StateError("state's window sums are not those of its devices")
+        self._reset(np.arange(len(self._window), dtype=np.int64))
+        self._loaded = {ref: sums[ref] for ref in self.devices_}
+        self._order = None
+        if self._table is not None:
+            self._restore()
+
+    def _sums(self) -> dict[DeviceRef, _Sums]:
+        if self._table is None:
+            return dict(self._loaded)
+        slot_of = self._table.slot_of
+        out: dict[DeviceRef, _Sums] = {}
+        for ref in self.devices_:
+            slot = slot_of[ref]
+            out[ref] = (int(self._window[slot]), float(self._total[slot]), int(self._n[slot]))
+        return out
+
+    def _bind(self, table: DeviceTable, own: bool) -> None:
+        self._table, self._own_table = table, own
+        self._restore()
+
+    def _restore(self) -> None:
+        """Give a checkpoint's devices their slots and sums."""
+        assert self._table is not None
+        if not self._loaded:
+            return
+        slots = self._table.slots(list(self._loaded))
+        self._grow(len(self._table))
+        windows, totals, counts = zip(*self._loaded.values(), strict=True)
+        self._window[slots] = windows
+        self._total[slots] = totals
+        self._n[slots] = counts
+        self._loaded = {}
+        self._order = None
+
+    def _grow(self, size: int) -> None:
+        self._window = grown(self._window, size, np.nan)
+        self._total = grown(self._total, size, 0.0)
+        self._n = grown(self._n, size, 0)
+
+    def _reset(self, slots: Ints) -> None:
+        slots = slots[slots < len(self._window)]
+        self._window[slots] = np.nan
+        self._total[slots] = 0.0
+        self._n[slots] = 0
+
+
+def _decode_sums(data: Any) -> dict[DeviceRef, _Sums]:
+    """A checkpoint's window sums, checked: a state file is attacker-writable."""
+    sums = state_codec.decode(data) if data is not None else None
+    if not isinstance(sums, dict):
+        raise state_codec.StateError("state has no window sums")
+    for ref, value in sums.items():
+        if not (
+            isinstance(ref, DeviceRef)
+            and isinstance(value, tuple)
+            and len(value) == 3
+            and all(type(v) is t for v, t in zip(value, (int, float, int), strict=True))
+            and abs(value[0]) <= _EXACT
+            and 0 <= value[2] <= _EXACT
+        ):
+            raise state_codec.StateError("a window sum is not (window, total, count)")
+    return sums
