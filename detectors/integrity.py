@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 from pydantic import Field, field_validator
 
+from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
+from detectors.columns import NO_SEQ, Bools, Columns, DeviceTable, Floats, Ints, grown
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
-from detectors.streams import StreamClock, forget_devices
+from detectors.streams import StreamClock
 
 _HUGE = 1e18
 # What no healthy device of the simulated fleet's kinds can report (docs/wire-format.md).
@@ -92,6 +96,9 @@ class IntegrityParams(DetectorParams):
 
 
 class _Device:
+    """One device's state as the per-record code and checkpoints see it: a view loaded from
+    the detector's per-slot arrays (the one source of truth) and stored back."""
+
     __slots__ = ("clean", "firing", "last_ts", "max_seq", "reports", "runs", "skew")
 
     def __init__(self, ts: float, seq: int | None) -> None:
@@ -102,13 +109,16 @@ class _Device:
         self.firing = False
         self.clean = 0
         # Per stuck-watched metric, in `stuck_metrics` order: its last value (NaN: not seen
-        # yet), run length and changes, flat in one float array: a dict of small objects
-        # cost ~400 bytes per camera.
+        # yet), run length and changes, flat (None: no watched metric seen yet).
         self.runs: array[float] | None = None
 
 
 Finding = dict[str, EvidenceValue]
 Bounds = tuple[float, float]
+
+# Segments shorter than this go to the per-record code whole: the ~40 array operations of
+# the vector path cost more than a few records' loop.
+_MIN_VECTOR_ROWS = 16
 
 
 @register("integrity")
@@ -123,61 +133,158 @@ class Integrity(Detector):
         self._bounds = {**(DEFAULT_BOUNDS if params.default_bounds else {}), **params.bounds}
         # Each stuck-watched metric and its offset in a device's `runs` array.
         self._stuck_at = tuple((name, 3 * i) for i, name in enumerate(params.stuck_metrics))
-        self.devices_: dict[DeviceRef, _Device] = {}
         self.clock_ = StreamClock()
+        # The devices' slots: the engine's table (bound on the first batch), or one of our
+        # own for callers of `update` outside an engine.
+        self._table: DeviceTable | None = None
+        self._own_table = False
+        self._empty()
+
+    def _empty(self) -> None:
+        """No device's state. Per slot (see _Device); `_known`: the slot holds a device."""
+        k = len(self.params.stuck_metrics)
+        self._known: Bools = np.zeros(0, dtype=np.bool_)
+        self._last_ts: Floats = np.zeros(0)
+        self._max_seq: Ints = np.zeros(0, dtype=np.int64)  # NO_SEQ: None
+        self._skew: Floats = np.zeros(0)
+        self._reports: Ints = np.zeros(0, dtype=np.int64)
+        self._firing: Bools = np.zeros(0, dtype=np.bool_)
+        self._clean: Ints = np.zeros(0, dtype=np.int64)
+        # Stuck runs, slots x stuck metrics: last value (NaN: none yet), run, changes.
+        self._stuck_last: Floats = np.zeros((0, k))
+        self._stuck_run: Floats = np.zeros((0, k))
+        self._stuck_changes: Floats = np.zeros((0, k))
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
-        # The hot loop: one pass per record with the parameters in locals; the helpers run
-        # only for what is rare (a sequence out of order, a finding, a firing device).
+        if self._table is None:
+            self._table, self._own_table = DeviceTable(), True
+        return self.update_columns(Columns.of(records, self._table))
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """Most reports are plain: a known device that is not firing, the next seq, time not
+        going back, no finding. Per segment (no device twice), array operations apply the
+        per-record code's arithmetic to those rows at once; every other row (a new device, a
+        firing one, a sequence or time out of order, any finding) goes to the per-record code
+        (`_step`) in row order, with the state as it was for that row. Rows of different
+        devices share only the stream's time, known in advance for every row."""
+        self._bind(columns.table)
+        if len(columns) == 0:
+            return []
+        self._grow(len(columns.table))
+        # The stream's time as of each row: the running max of ts, seeded with the clock.
+        now_rows = np.maximum(np.maximum.accumulate(columns.ts), self.clock_.now)
+        out_of_bounds = self._out_of_bounds_rows(columns)
+        watched = [columns.column(name) for name in self.params.stuck_metrics]
+        stuck_values = np.stack(watched, axis=1) if watched else np.zeros((len(columns), 0))
         changes: list[Transition] = []
-        p = self.params
-        devices, bounds_of = self.devices_, self._bounds.get
-        tolerance, alpha, min_reports = p.backwards_tolerance_s, p.skew_alpha, p.skew_min_reports
-        max_skew, firing_max_skew = p.max_skew_s, p.max_skew_s / 2
-        stuck = bool(p.stuck_metrics)
-        now = self.clock_.now
-        for record in records:
-            ts = record.ts
-            if ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
-                now = ts
-            state = devices.get(record.device)
-            order: Finding | None = None
-            if state is None:
-                state = devices[record.device] = _Device(ts, record.seq)
+        records, slots = columns.records, columns.slots
+        for segment in columns.segments():
+            rows: Iterable[int]
+            if segment.stop - segment.start < _MIN_VECTOR_ROWS:
+                rows = range(segment.start, segment.stop)
             else:
-                seq, max_seq, last_ts = record.seq, state.max_seq, state.last_ts
-                if seq is not None and max_seq is not None and seq > max_seq:
-                    if ts < last_ts - tolerance:
-                        order = self._sequence(record, state)
-                    else:  # the usual report: the next seq, time going forward
-                        state.max_seq = seq
-                        if ts > last_ts:
-                            state.last_ts = ts
-                else:
-                    order = self._sequence(record, state)
-            # Every check runs (each keeps its own running state); the first finding is reported.
-            values = _out_of_bounds(record.metrics, bounds_of)
-            if values is None and stuck:
-                values = self._stuck_values(record, state)
-            skew: Finding | None = None
-            if ts >= state.last_ts:  # a late or replayed record is not a clock reading
-                reports = state.reports + 1
-                weight = 1.0 / reports
-                if weight < alpha:  # noqa: PLR1730 - per record: no max() call
-                    weight = alpha
-                state.skew += weight * (ts - now - state.skew)
-                state.reports = reports
-                limit = firing_max_skew if state.firing else max_skew
-                if reports >= min_reports and abs(state.skew) > limit:
-                    skew = {"check": "clock skew", "skew_s": round(state.skew, 3)}
-                    skew["max_skew_s"] = limit
-            finding = order or values or skew
-            if finding is not None or state.firing:
-                change = self._decide(record.device, state, finding, now)
+                rows = self._plain_rows(columns, segment, now_rows, out_of_bounds, stuck_values)
+            for i in rows:
+                change = self._step(records[i], int(slots[i]), float(now_rows[i]))
                 if change is not None:
                     changes.append(change)
-        self.clock_.now = now
+        self.clock_.now = float(now_rows[-1])
         return changes
+
+    def _plain_rows(
+        self,
+        columns: Columns,
+        segment: slice,
+        now_rows: Floats,
+        out_of_bounds: Bools,
+        stuck_values: Floats,
+    ) -> list[int]:
+        """Applies the plain rows of a segment (each device at most once) to the state, as
+        `_step` would; returns the other rows, for `_step`."""
+        p = self.params
+        s = columns.slots[segment]
+        ts, seq, now = columns.ts[segment], columns.seq[segment], now_rows[segment]
+        last_ts, max_seq = self._last_ts[s], self._max_seq[s]
+        # `_sequence` without a finding: time not back beyond the tolerance, and a seq that
+        # is new or absent (NO_SEQ < every seq: a device without a max_seq takes this one).
+        plain = self._known[s] & ~self._firing[s] & ~out_of_bounds[segment]
+        plain &= ~(ts < last_ts - p.backwards_tolerance_s) & ((seq == NO_SEQ) | (seq > max_seq))
+        new_last_ts = np.where(ts > last_ts, ts, last_ts)
+        new_max_seq = np.where(seq > max_seq, seq, max_seq)
+        # The skew average, on clock readings (ts not before the device's latest): the same
+        # IEEE operations in the same order as `_step` (elementwise, numpy rounds like Python).
+        reading = ts >= last_ts
+        reports = self._reports[s] + reading
+        weight = np.maximum(1.0 / np.maximum(reports, 1), p.skew_alpha)
+        skew = self._skew[s]
+        skew = np.where(reading, skew + weight * (ts - now - skew), skew)
+        plain &= ~(reading & (reports >= p.skew_min_reports) & (np.abs(skew) > p.max_skew_s))
+        # Stuck runs, as `_stuck_values` (NaN: the record does not carry the metric).
+        values = stuck_values[segment]
+        last, run, changed_before = self._stuck_last[s], self._stuck_run[s], self._stuck_changes[s]
+        same = values == last
+        changed = ~same & ~np.isnan(values)
+        changed_before = changed_before + (changed & ~np.isnan(last))
+        run = np.where(same, run + 1, np.where(changed, 1.0, run))
+        last = np.where(changed, values, last)
+        stuck = (same | changed) & (run >= p.stuck_after) & (changed_before >= p.stuck_min_changes)
+        plain &= ~stuck.any(axis=1)
+        done = s[plain]
+        self._last_ts[done] = new_last_ts[plain]
+        self._max_seq[done] = new_max_seq[plain]
+        self._reports[done] = reports[plain]
+        self._skew[done] = skew[plain]
+        self._stuck_last[done] = last[plain]
+        self._stuck_run[done] = run[plain]
+        self._stuck_changes[done] = changed_before[plain]
+        others: list[int] = (np.flatnonzero(~plain) + segment.start).tolist()
+        return others
+
+    def _out_of_bounds_rows(self, columns: Columns) -> Bools:
+        """Per row: some metric outside its physical bounds (as `_out_of_bounds`)."""
+        out = np.zeros(len(columns), dtype=np.bool_)
+        bounds_of = self._bounds.get
+        for block in columns.blocks:
+            bounds = [bounds_of(name, _UNBOUNDED) for name in block.names]
+            if not bounds:
+                continue
+            low, high = np.array(bounds).T
+            bad = (block.values < low) | (block.values > high)
+            out[block.rows] = bad.any(axis=1)
+        return out
+
+    def _step(self, record: Record, slot: int, now: float) -> Transition | None:
+        """The per-record code: one record of the device in `slot`, at stream time `now`."""
+        p = self.params
+        ts = record.ts
+        state = self._load(slot)
+        order: Finding | None = None
+        if state is None:
+            state = _Device(ts, record.seq)
+        else:
+            order = self._sequence(record, state)
+        # Every check runs (each keeps its own running state); the first finding is reported.
+        values = _out_of_bounds(record.metrics, self._bounds.get)
+        if values is None and self._stuck_at:
+            values = self._stuck_values(record, state)
+        skew: Finding | None = None
+        if ts >= state.last_ts:  # a late or replayed record is not a clock reading
+            reports = state.reports + 1
+            weight = 1.0 / reports
+            if weight < p.skew_alpha:  # noqa: PLR1730 - as the vector path's maximum
+                weight = p.skew_alpha
+            state.skew += weight * (ts - now - state.skew)
+            state.reports = reports
+            limit = p.max_skew_s / 2 if state.firing else p.max_skew_s
+            if reports >= p.skew_min_reports and abs(state.skew) > limit:
+                skew = {"check": "clock skew", "skew_s": round(state.skew, 3)}
+                skew["max_skew_s"] = limit
+        finding = order or values or skew
+        change = None
+        if finding is not None or state.firing:
+            change = self._decide(record.device, state, finding, now)
+        self._store(slot, state)
+        return change
 
     def _sequence(self, record: Record, state: _Device) -> Finding | None:
         """Sequence and time order; updates the device's latest seq and ts."""
@@ -247,11 +354,137 @@ class Integrity(Detector):
         summary = f"{device.device_id}: {state.clean} consistent reports in a row"
         return Transition(device, False, now, summary, {"clean_reports": state.clean})
 
+    # Per-slot state: the arrays, and a device's view of them for the per-record code.
+
+    def _load(self, slot: int) -> _Device | None:
+        if not self._known[slot]:
+            return None
+        max_seq = int(self._max_seq[slot])
+        state = _Device(float(self._last_ts[slot]), None if max_seq == NO_SEQ else max_seq)
+        state.skew = float(self._skew[slot])
+        state.reports = int(self._reports[slot])
+        state.firing = bool(self._firing[slot])
+        state.clean = int(self._clean[slot])
+        last = self._stuck_last[slot]
+        if not np.isnan(last).all():  # as before: no runs until a watched metric is seen
+            runs = np.stack([last, self._stuck_run[slot], self._stuck_changes[slot]], axis=1)
+            state.runs = array("d", runs.ravel().tolist())
+        return state
+
+    def _store(self, slot: int, state: _Device) -> None:
+        self._known[slot] = True
+        self._last_ts[slot] = state.last_ts
+        self._max_seq[slot] = NO_SEQ if state.max_seq is None else state.max_seq
+        self._skew[slot] = state.skew
+        self._reports[slot] = state.reports
+        self._firing[slot] = state.firing
+        self._clean[slot] = state.clean
+        runs = state.runs
+        if runs is None or len(runs) != 3 * len(self._stuck_at):  # none yet, or reconfigured
+            self._stuck_last[slot], self._stuck_run[slot], self._stuck_changes[slot] = np.nan, 0, 0
+        else:
+            flat = np.array(runs).reshape(-1, 3)
+            self._stuck_last[slot], self._stuck_run[slot] = flat[:, 0], flat[:, 1]
+            self._stuck_changes[slot] = flat[:, 2]
+
+    def _grow(self, size: int) -> None:
+        if len(self._known) >= size:
+            return
+        self._known = grown(self._known, size, False)
+        self._last_ts = grown(self._last_ts, size, 0.0)
+        self._max_seq = grown(self._max_seq, size, NO_SEQ)
+        self._skew = grown(self._skew, size, 0.0)
+        self._reports = grown(self._reports, size, 0)
+        self._firing = grown(self._firing, size, False)
+        self._clean = grown(self._clean, size, 0)
+        self._stuck_last = _grown_rows(self._stuck_last, len(self._known), math.nan)
+        self._stuck_run = _grown_rows(self._stuck_run, len(self._known), 0.0)
+        self._stuck_changes = _grown_rows(self._stuck_changes, len(self._known), 0.0)
+
+    def _bind(self, table: DeviceTable) -> None:
+        """Takes the engine's table on the first batch; a state held in a table of our own
+        (loaded from a checkpoint, or fed by `update`) moves into it, slot by slot."""
+        if table is self._table:
+            return
+        if self._table is not None and not self._own_table:
+            raise ValueError("an integrity detector takes the slots of one device table only")
+        views = self._views()
+        self._table, self._own_table = table, False
+        self._put(views)
+
+    def _views(self) -> dict[DeviceRef, _Device]:
+        """Every known device's state, keyed by device, in slot order."""
+        if self._table is None:
+            return {}
+        refs = self._table.refs
+        views: dict[DeviceRef, _Device] = {}
+        for slot in np.flatnonzero(self._known).tolist():
+            ref, state = refs[slot], self._load(slot)
+            assert ref is not None
+            assert state is not None
+            views[ref] = state
+        return views
+
+    def _put(self, views: dict[DeviceRef, _Device]) -> None:
+        """Replaces the arrays by these devices' states, in `self._table`'s slots."""
+        assert self._table is not None
+        slots = self._table.slots(list(views)).tolist()
+        self._empty()
+        self._grow(len(self._table))
+        for slot, state in zip(slots, views.values(), strict=True):
+            self._store(slot, state)
+
     def tracked_devices(self) -> int:
-        return len(self.devices_)
+        return int(np.count_nonzero(self._known))
 
     def forget(self, device_ids: set[str]) -> None:
-        forget_devices(self.devices_, device_ids)
+        if self._table is None:
+            return
+        slots = [s for ref, s in self._table.slot_of.items() if ref.device_id in device_ids]
+        # A slot not known is never read: `_step` stores a whole new state in it.
+        self._known[[s for s in slots if s < len(self._known)]] = False
+        if self._own_table:  # the engine releases its table's slots itself
+            self._table.release(device_ids)
+
+    def state_dict(self) -> dict[str, Any]:
+        """As the per-device objects were saved before the state moved into arrays: keyed by
+        device (a checkpoint outlives the slots), and older checkpoints still load."""
+        learned = {"clock_": self.clock_, "devices_": self._views()}
+        return state_codec.wrap(
+            self.type_name, {k: state_codec.encode(v) for k, v in learned.items()}
+        )
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        learned = state_codec.unwrap(self.type_name, state)
+        if set(learned) != {"clock_", "devices_"}:
+            raise state_codec.StateError(
+                f"state holds {sorted(learned)[:8]}, an integrity detector has clock_, devices_"
+            )
+        clock, views = (
+            state_codec.decode(learned["clock_"]),
+            state_codec.decode(learned["devices_"]),
+        )
+        if not isinstance(clock, StreamClock) or not isinstance(views, dict):
+            raise state_codec.StateError("integrity state: a clock and a map of devices expected")
+        if not all(isinstance(k, DeviceRef) and isinstance(v, _Device) for k, v in views.items()):
+            raise state_codec.StateError("integrity state: device states expected")
+        if self._table is None:
+            self._table, self._own_table = DeviceTable(), True
+        try:
+            self._put(views)
+        except (TypeError, ValueError, OverflowError) as e:
+            self._put({})
+            raise state_codec.StateError(f"integrity state: {e}") from e
+        self.clock_ = clock
+
+
+def _grown_rows(matrix: Floats, size: int, fill: float) -> Floats:
+    """`matrix` with rows added up to `size` rows, filled with `fill`."""
+    if len(matrix) >= size:
+        return matrix
+    out = np.full((size, matrix.shape[1]), fill)
+    out[: len(matrix)] = matrix
+    return out
 
 
 _UNBOUNDED = (-math.inf, math.inf)  # what a metric without bounds is checked against
