@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable
 
 import pytest
 from pydantic import ValidationError
 
 from detectors import registry
-from detectors.cadence import Cadence, CadenceParams
+from detectors.cadence import Cadence, CadenceParams, _Plan
+from detectors.columns import Columns, DeviceTable, Floats, Ints
 from detectors.model import DeviceRef, Record, Transition
 
 T0 = 1_700_000_000.0
@@ -103,7 +106,7 @@ def test_flood_raises_then_clears_and_the_interval_is_not_learned_from_it() -> N
     assert [(t.firing, t.evidence["condition"]) for t in out] == [(True, "flood"), (False, "flood")]
     assert T0 + 1800 < out[0].ts < T0 + 1900  # 3x the rate: a handful of intervals
     assert out[0].evidence["interval_s"] == pytest.approx(10, rel=0.05)
-    assert det.devices_[CAM].interval == pytest.approx(10, rel=0.05)
+    assert det.interval(CAM) == pytest.approx(10, rel=0.05)
 
 
 def test_replayed_old_messages_count_as_extra_messages() -> None:
@@ -123,7 +126,7 @@ def test_a_lasting_new_interval_is_adopted() -> None:
     out = det.update(stream([CAM], T0, T0 + 3600, 10) + stream([CAM], T0 + 3600, T0 + 4 * 3600, 2))
     assert [t.firing for t in out] == [True, False]
     assert "adopted" in out[1].summary
-    assert det.devices_[CAM].interval == pytest.approx(2, rel=0.1)
+    assert det.interval(CAM) == pytest.approx(2, rel=0.1)
 
 
 def test_forget_drops_the_device_and_its_silence_check() -> None:
@@ -152,3 +155,166 @@ def test_a_new_device_that_leaves_before_it_settles_is_not_reported_silent() -> 
     early = stream(LAMPS, T0, T0 + 6 * 3600, 60) + stream([CAM2], T0, T0 + 3600, 10)
     early.sort(key=lambda r: r.ts)
     assert [t.device for t in raised(make(new_device_settle_s=4 * 3600).update(early))] == [CAM2]
+
+
+# -- the columnar path: any cut of the stream, the same transitions ----------------------
+
+
+def eventful_stream(seed: int) -> list[Record]:
+    """Three zones of cameras, lamps and sensors reporting with jitter, in arrival order, with
+    every kind of event cadence knows: cameras dark (silence, then back), a whole zone's power
+    cut (an outage: no raise), a flood, a lasting faster interval (adopted), replayed old
+    messages, duplicates, a late clock, and a rogue device that comes and leaves."""
+    rng = random.Random(seed)
+    zone_a = [DeviceRef("lyon", "gerland", "video", f"cam-{i}") for i in range(3)]
+    zone_a += [DeviceRef("lyon", "gerland", "lighting", f"lum-{i}") for i in range(4)]
+    zone_a += [DeviceRef("lyon", "gerland", "environment", f"air-{i}") for i in range(3)]
+    zone_b = [DeviceRef("lyon", "vaise", "lighting", f"lum-b{i}") for i in range(3)]
+    zone_b += [DeviceRef("lyon", "vaise", "video", f"cam-b{i}") for i in range(2)]
+    # A quiet zone of many devices: long runs of plain reports between the events.
+    zone_c = [DeviceRef("lyon", "part-dieu", "lighting", f"lum-c{i}") for i in range(24)]
+    zone_c += [DeviceRef("lyon", "part-dieu", "environment", f"air-c{i}") for i in range(12)]
+    step = {"video": 10.0, "lighting": 60.0, "environment": 30.0}
+    end = T0 + 8 * 3600
+    out: list[tuple[float, int, Record]] = []  # (arrival, tie, record)
+
+    def send(device: DeviceRef, ts: float, arrival: float | None = None) -> None:
+        out.append((ts if arrival is None else arrival, len(out), Record(device, ts, {})))
+
+    for device in zone_a + zone_b + zone_c:
+        t = T0 + rng.uniform(0, step[device.kind])
+        while t < end:
+            dark = (  # the cameras of zone A go dark for an hour; zone B's power is cut
+                device.kind == "video"
+                and device.zone == "gerland"
+                and T0 + 2 * 3600 <= t < T0 + 3 * 3600
+            ) or (device.zone == "vaise" and T0 + 4 * 3600 <= t < T0 + 4 * 3600 + 2700)
+            if not dark:
+                send(device, round(t, 3))
+                if rng.random() < 0.01:
+                    send(device, round(t, 3))  # a duplicate
+            t += step[device.kind] * rng.uniform(0.9, 1.1)
+    flooder, adopter, replayer = zone_a[3], zone_a[4], zone_a[7]
+    for k in range(300):  # 3 messages per interval for 40 min
+        t = T0 + 5 * 3600 + k * 8.0
+        send(flooder, t + 0.5)
+    t = T0 + 6 * 3600
+    while t < end:  # every 5 s from 6 h: far more than its interval, for good
+        send(adopter, t + 0.25)
+        t += 5.0
+    for k in range(40):  # old messages replayed
+        t = T0 + 3 * 3600 + k * 30.0
+        send(replayer, t - 3000.0, arrival=t + 0.1)
+    late = zone_b[0]
+    for k in range(20):  # a clock running 20 min late
+        t = T0 + 7 * 3600 + k * 60.0
+        send(late, t - 1200.0, arrival=t + 0.2)
+    rogue = DeviceRef("lyon", "gerland", "video", "cam-rogue")
+    for k in range(60):
+        send(rogue, T0 + 2.5 * 3600 + k * 10.0 + 0.05)
+    out.sort(key=lambda item: (item[0], item[1]))
+    return [record for _, _, record in out]
+
+
+def by_columns(
+    det: Cadence, records: list[Record], cuts: Iterable[int], table: DeviceTable | None = None
+) -> list[Transition]:
+    table = DeviceTable() if table is None else table
+    out: list[Transition] = []
+    start = 0
+    for end in [*cuts, len(records)]:
+        out += det.update_columns(Columns.of(records[start:end], table))
+        start = end
+    return out
+
+
+def sizes(n: int, size: int) -> list[int]:
+    return list(range(size, n, size))
+
+
+class PerRecord(Cadence):
+    """Every row through the per-record code: the reference for the array path."""
+
+    def _plan(self, slots: Ints, ts: Floats) -> _Plan:
+        plan = super()._plan(slots, ts)
+        plan.special[:] = True
+        return plan
+
+
+def test_any_cut_of_the_stream_gives_the_per_record_transitions() -> None:
+    params = {"adopt_after_s": 1800.0, "new_device_settle_s": 3600.0}
+    records = eventful_stream(7)
+    per_record = PerRecord(CadenceParams(**params))
+    reference = per_record.update(records)
+    conditions = {(t.evidence["condition"], t.firing) for t in reference}
+    assert conditions == {("silence", True), ("silence", False), ("flood", True), ("flood", False)}
+    assert any("adopted" in t.summary for t in reference)
+    silent = {t.device.device_id for t in reference if t.evidence["condition"] == "silence"}
+    assert silent == {"cam-0", "cam-1", "cam-2"}  # not zone B's outage, not the rogue
+    expected = repr(reference)
+    rng = random.Random(3)
+    n = len(records)
+    cuts = [sizes(n, 1), sizes(n, 7), sizes(n, 500), []]
+    cuts += [sorted(rng.sample(range(1, n), k)) for k in (5, 60, 900)]
+    for cut in cuts:
+        det = make(**params)
+        assert repr(by_columns(det, records, cut)) == expected, len(cut)
+        assert learned(det) == learned(per_record), len(cut)
+    assert repr(make(**params).update(records)) == expected
+
+
+def learned(det: Cadence) -> dict[str, object]:
+    """The detector's state, its silence heap as the set of entries it is (not a layout)."""
+    state = det.state_dict()["learned"]
+    return {**state, "heap_": sorted(map(repr, state["heap_"]))}
+
+
+def test_a_checkpoint_mid_stream_continues_identically() -> None:
+    params = {"adopt_after_s": 1800.0}
+    records = eventful_stream(11)
+    half = len(records) // 2 + 3
+    straight, table = make(**params), DeviceTable()
+    by_columns(straight, records[:half], sizes(half, 500), table)
+    restored = make(**params)
+    restored.load_state(json.loads(json.dumps(straight.state_dict(), allow_nan=False)))
+    assert restored.state_dict() == straight.state_dict()
+    # The restored detector's table gives other slots: the state is kept by device.
+    elsewhere = DeviceTable()
+    elsewhere.slots([DeviceRef("lyon", "x", "lighting", f"pad-{i}") for i in range(5)])
+    rest = records[half:]
+    continued = by_columns(restored, rest, sizes(len(rest), 7), elsewhere)
+    assert [t.evidence["condition"] for t in continued if t.firing] == ["flood", "flood"]
+    assert repr(continued) == repr(by_columns(straight, rest, sizes(len(rest), 7), table))
+
+
+def test_another_device_table_is_refused() -> None:
+    det = make()
+    det.update_columns(Columns.of(stream([CAM], T0, T0 + 60, 10), DeviceTable()))
+    with pytest.raises(ValueError, match="device table"):
+        det.update_columns(Columns.of(stream([CAM], T0 + 60, T0 + 120, 10), DeviceTable()))
+
+
+def test_a_state_with_values_of_the_wrong_type_is_refused() -> None:
+    det = make()
+    det.update(stream([CAM, *LAMPS], T0, T0 + 600, 10))
+    state = json.loads(json.dumps(det.state_dict()))
+    fields = state["learned"]["devices_"]["$map"][0][1]["fields"]
+    fields["bucket"] = "a lot"
+    with pytest.raises(ValueError, match="wrong type"):
+        make().load_state(state)
+
+
+def test_a_forgotten_devices_slot_serves_a_new_device_as_new() -> None:
+    # cam-1 is forgotten; cam-2, new, takes its slot: it must start learning from nothing,
+    # exactly as if cam-1 had never been there.
+    reused, fresh = make(), make()
+    first = stream([CAM, *LAMPS], T0, T0 + 1800, 10)
+    reused.update(first)
+    reused.forget({CAM.device_id})
+    fresh.update([r for r in first if r.device != CAM])
+    later = stream(
+        [CAM2, *LAMPS], T0 + 1800, T0 + 9000, 10, lambda d, t: d == CAM2 and t > T0 + 7000
+    )
+    assert repr(reused.update(later)) == repr(fresh.update(later))
+    assert learned(reused)["devices_"] == learned(fresh)["devices_"]
+    assert reused.interval(CAM2) == pytest.approx(10, rel=0.01)
