@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import Field
 
 from detectors.base import Detector, DetectorParams
+from detectors.columns import NO_SEQ, Columns, DeviceTable, Floats, Ints, Reports, grown
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock, forget_devices
@@ -46,6 +49,67 @@ class IdentityParams(DetectorParams):
     # Campaign values remembered (late devices of a known roll-out stay quiet); oldest dropped.
     max_campaigns: int = Field(default=256, ge=1, le=100_000)
     hold_s: float = Field(default=3600.0, gt=0)
+
+
+Objects = npt.NDArray[np.object_]
+_NONE = np.iinfo(np.int64).max  # no row (in the scratch array of first odd rows by slot)
+
+
+class BoundTable:
+    """The device table a detector's per-slot arrays are indexed by: the first one it is
+    given (the engine's), or its own for callers of `update(records)`; another is refused."""
+
+    __slots__ = ("own", "table")
+
+    def __init__(self) -> None:
+        self.table: DeviceTable | None = None
+        self.own = False
+
+    def bind(self, table: DeviceTable) -> DeviceTable:
+        if self.table is None:
+            self.table = table
+        elif table is not self.table:
+            raise ValueError("this detector's state is indexed by another device table")
+        return table
+
+    def for_records(self) -> DeviceTable:
+        if self.table is None:
+            self.table, self.own = DeviceTable(), True
+        return self.table
+
+    def slot_of(self, device: DeviceRef) -> int | None:
+        return None if self.table is None else self.table.slot_of.get(device)
+
+    def slots_of(self, device_ids: set[str]) -> Ints:
+        """The slots of these device ids (to reset their state before the table frees them)."""
+        found = [] if self.table is None else self.table.slot_of.items()
+        return np.array([s for ref, s in found if ref.device_id in device_ids], dtype=np.int64)
+
+    def release(self, device_ids: set[str]) -> None:
+        """Free these devices' slots if the table is the detector's own (the engine frees
+        its table's slots itself, after every detector forgot them)."""
+        if self.own and self.table is not None:
+            self.table.release(device_ids)
+
+
+def columns_of(records: Sequence[Record], table: DeviceTable) -> Columns:
+    """`Columns.of` without the metric blocks, for `update(records)` of a detector that reads
+    no metric (building them is most of the cost of `Columns.of`)."""
+    n = len(records)
+    reports = Reports(
+        [r.device for r in records],
+        np.fromiter((r.ts for r in records), dtype=np.float64, count=n),
+        np.fromiter((NO_SEQ if r.seq is None else r.seq for r in records), np.int64, count=n),
+        (),
+        [r.info for r in records],
+        records,
+    )
+    return Columns.of_reports(reports, table)
+
+
+def info_ids(columns: Columns) -> Ints:
+    """Each row's `id(info)`: rows with the same id carry the very same mapping."""
+    return np.fromiter(map(id, columns.infos), dtype=np.int64, count=len(columns))
 
 
 class _Device:
@@ -79,29 +143,119 @@ class Identity(Detector):
         self.moves_: dict[CampaignKey, deque[float]] = {}
         # Campaign keys confirmed (insertion order = age), with when they were confirmed.
         self.campaigns_: dict[CampaignKey, float] = {}
+        # Per slot of the device table: an info mapping whose reports are plain (the device
+        # is not firing; every watched field it carries is the learned value: a report
+        # changes nothing but the count), None if unknown, and its id (0: none; the mapping
+        # is held, so no other live object has that id; a mapping handed over is never
+        # changed in place); the plain reports not yet added to the device's `reports`
+        # (added before its per-record code runs).
+        self._table = BoundTable()
+        self._plain_info: Objects = np.full(0, None, dtype=object)
+        self._plain_id: Ints = np.zeros(0, dtype=np.int64)
+        self._uncounted: Ints = np.zeros(0, dtype=np.int64)
+        self._scratch: Ints = np.zeros(0, dtype=np.int64)
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
+        if not records:
+            return []
+        return self.update_columns(columns_of(records, self._table.for_records()))
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """The per-record rules on the rows that are not plain (see `_plain_info`). Rows of
+        different devices interact only through the stream time and the campaign verdicts,
+        so the batch is cut where a verdict is due; in between, a plain row only counts."""
+        table = self._table.bind(columns.table)
+        n = len(columns)
+        if n == 0:
+            return []
+        size = len(table)
+        self._plain_info = grown(self._plain_info, size, None)
+        self._plain_id = grown(self._plain_id, size, 0)
+        self._uncounted = grown(self._uncounted, size, 0)
+        self._scratch = grown(self._scratch, size, _NONE)
+        # The stream time as of each row (fmax: a NaN time leaves it as it is, like `>`).
+        now = np.fmax.accumulate(np.fmax(columns.ts, self.clock_.now))
+        ids = info_ids(columns)
+        window = self.params.campaign_window_s
         changes: list[Transition] = []
-        pending = self.pending_
-        now = self.clock_.now
-        for record in records:
-            if record.ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
-                now = record.ts
-            if record.info:
-                change = self._report(record, now)
-                if change is not None:
-                    changes.append(change)
-            if pending and pending[0][0] <= now:
-                changes += self._verdicts(now)
-        self.clock_.now = now
+        pos = 0
+        while pos < n:
+            # Up to the first row where the oldest held change is due, and short of the
+            # first row where a change held in this stretch could be (now + window).
+            end = max(int(np.searchsorted(now, now[pos] + window)), pos + 1)
+            if self.pending_:
+                end = min(end, int(np.searchsorted(now, self.pending_[0][0])) + 1)
+            end = min(end, n)
+            self._stretch(columns, ids, now, pos, end, changes)
+            last = float(now[end - 1])
+            if self.pending_ and self.pending_[0][0] <= last:
+                changes += self._verdicts(last)
+            pos = end
+        self.clock_.now = float(now[-1])
         return changes
 
-    def _report(self, record: Record, now: float) -> Transition | None:
+    def _stretch(
+        self,
+        columns: Columns,
+        ids: Ints,
+        now: Floats,
+        lo: int,
+        hi: int,
+        changes: list[Transition],
+    ) -> None:
+        """Rows lo..hi-1, in which no verdict is due: plain rows are counted, the others go
+        to the per-record code in order."""
+        slots = columns.slots[lo:hi]
+        plain = ids[lo:hi] == self._plain_id[slots]
+        other = np.flatnonzero(~plain)
+        if len(other):
+            # Another mapping than the plain one: plain too if equal to it (a decoded stream
+            # brings a new mapping with every report).
+            infos = columns.infos
+            given = np.fromiter((infos[lo + j] for j in other.tolist()), object, len(other))
+            plain[other] = given == self._plain_info[slots[other]]
+        odd = np.flatnonzero(~plain)
+        if len(odd):
+            # A per-record row may change its device's state: its later rows are not plain.
+            scratch = self._scratch
+            np.minimum.at(scratch, slots[odd], odd)
+            plain &= scratch[slots] >= np.arange(hi - lo)
+            scratch[slots[odd]] = _NONE
+            odd = np.flatnonzero(~plain)
+        counts = np.bincount(slots[plain])
+        self._uncounted[: len(counts)] += counts
+        records = columns.records
+        for j in odd.tolist():
+            record, slot = records[lo + j], int(slots[j])
+            if record.info:
+                change = self._report(record, float(now[lo + j]), slot)
+                if change is not None:
+                    changes.append(change)
+            if self._is_plain(record):
+                self._plain_info[slot], self._plain_id[slot] = record.info, id(record.info)
+            else:
+                self._plain_info[slot], self._plain_id[slot] = None, 0
+
+    def _is_plain(self, record: Record) -> bool:
+        """Whether a report carrying the record's info is plain for its device now."""
+        state = self.devices_.get(record.device)
+        info = record.info
+        if state is None or state.firing or not info:
+            return False
+        learned = state.learned
+        for name in self._watched:
+            value = info.get(name)
+            if value is not None and (name not in learned or learned[name] != value):
+                return False
+        return True
+
+    def _report(self, record: Record, now: float, slot: int) -> Transition | None:
         p = self.params
         state = self.devices_.get(record.device)
         if state is None:
             state = self.devices_[record.device] = _Device()
-        state.reports += 1
+        state.reports += int(self._uncounted[slot]) + 1
+        self._uncounted[slot] = 0
         learned = state.learned
         mismatch: tuple[str, str, str] | None = None
         # The usual report: every watched field learned, and reported unchanged (two C-level
@@ -211,6 +365,9 @@ class Identity(Detector):
                     alone[field] = (state.learned[field], value)
                 state.learned[field] = value
             state.pending.clear()
+            slot = self._table.slot_of(device)
+            if slot is not None:  # learned (and maybe firing) changed
+                self._plain_info[slot], self._plain_id[slot] = None, 0
             if alone and not state.firing:
                 changes.append(self._raise_change(device, state, alone, now))
         self._prune(now)
@@ -248,3 +405,26 @@ class Identity(Detector):
     def forget(self, device_ids: set[str]) -> None:
         forget_devices(self.devices_, device_ids)
         self.pending_ = deque(e for e in self.pending_ if e[1].device_id not in device_ids)
+        slots = self._table.slots_of(device_ids)
+        slots = slots[slots < len(self._uncounted)]
+        self._plain_info[slots], self._plain_id[slots] = None, 0
+        self._uncounted[slots] = 0
+        self._table.release(device_ids)
+
+    def _count(self) -> None:
+        """Add the plain reports not yet counted to their devices' `reports`."""
+        table = self._table.table
+        for slot in np.flatnonzero(self._uncounted).tolist():
+            ref = table.refs[slot] if table is not None else None
+            assert ref is not None  # only a device with a slot has plain reports
+            self.devices_[ref].reports += int(self._uncounted[slot])
+        self._uncounted[:] = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        self._count()
+        return super().state_dict()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        self._plain_info[:], self._plain_id[:] = None, 0
+        self._uncounted[:] = 0

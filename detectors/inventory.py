@@ -11,15 +11,19 @@ device is then remembered as flagged (bounded by `max_new`, oldest dropped) and 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from detectors.base import Detector, DetectorParams
+from detectors.columns import Bools, Columns, grown
+from detectors.identity import BoundTable, columns_of
 from detectors.model import DeviceRef, Record, Transition
 from detectors.registry import register
-from detectors.streams import StreamClock, stream_start
+from detectors.streams import StreamClock
 
 _MAX_INVENTORY = 1_000_000
 _MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -68,34 +72,78 @@ class Inventory(Detector):
         # Flagged devices: id -> when it raised (0.0 once cleared), oldest first.
         self.new_: dict[str, float] = {}
         self.firing_: dict[str, DeviceRef] = {}
+        # Per slot of the device table: the device is known or enrolled (it can never raise:
+        # known_ only grows but for forget and load_state, which reset this).
+        self._table = BoundTable()
+        self._settled: Bools = np.zeros(0, dtype=np.bool_)
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
+        if not records:
+            return []
+        return self.update_columns(columns_of(records, self._table.for_records()))
+
+    def update_columns(self, columns: Columns) -> list[Transition]:
+        """Only a row whose device is not settled (known or enrolled) can raise or learn; the
+        others change nothing but the clock, whose only other effect is clearing alerts due
+        (`now - oldest raise >= hold_s`, tested on the clock's column)."""
+        table = self._table.bind(columns.table)
+        n = len(columns)
+        if n == 0:
+            return []
         p = self.params
-        learn_s, max_known, hold = p.learn_s, p.max_known, p.hold_s
-        changes: list[Transition] = []
-        known, enrolled, new = self.known_, self._enrolled, self.new_
-        now = self.clock_.now
+        self._settled = settled = cast(Bools, grown(self._settled, len(table), False))
+        # The stream time as of each row (fmax: a NaN time leaves it as it is, like `>`).
+        now = np.fmax.accumulate(np.fmax(columns.ts, self.clock_.now))
         # Without an inventory, the learning period from the stream's start (it ends once and
         # for all: time only grows); with one, no learning.
         learn_from = -math.inf
-        if not enrolled:
-            learn_from = self.started_ = stream_start(self.started_, self.clock_, records)
+        if not self._enrolled:
+            if self.started_ == -math.inf:  # detectors.streams.stream_start, on the column
+                self.started_ = max(self.clock_.now, float(columns.ts[0]))
+            learn_from = self.started_
+        slow = np.flatnonzero(~settled[columns.slots]).tolist()
+        changes: list[Transition] = []
         head = self._oldest_firing()
-        for record in records:
-            if record.ts > now:  # noqa: PLR1730 - StreamClock.see inlined: max() is a call
-                now = record.ts
-            device_id = record.device.device_id
-            if now - learn_from < learn_s:
-                if device_id not in known and len(known) < max_known:
-                    known[device_id] = None
-            elif device_id not in known and device_id not in enrolled and device_id not in new:
-                changes.append(self._raise(record, now))
+        pos = 0
+        for row in [*slow, n]:
+            # Clears due on the settled rows before this one: (now - head) only grows.
+            while pos < row and head != math.inf:
+                due = np.flatnonzero(now[pos:row] - head >= p.hold_s)
+                if not len(due):
+                    break
+                pos += int(due[0])
+                changes += self._clears(float(now[pos]))
                 head = self._oldest_firing()
-            if now - head >= hold:
-                changes += self._clears(now)
+                pos += 1
+            if row == n:
+                break
+            at = float(now[row])
+            if self._row(columns, row, at, at - learn_from < p.learn_s, changes):
                 head = self._oldest_firing()
-        self.clock_.now = now
+            if at - head >= p.hold_s:
+                changes += self._clears(at)
+                head = self._oldest_firing()
+            pos = row + 1
+        self.clock_.now = float(now[-1])
         return changes
+
+    def _row(
+        self, columns: Columns, row: int, now: float, learning: bool, changes: list[Transition]
+    ) -> bool:
+        """The per-record rule for a device not settled yet; whether it raised."""
+        slot = int(columns.slots[row])
+        ref = columns.table.refs[slot]
+        assert ref is not None
+        device_id, known = ref.device_id, self.known_
+        if learning and device_id not in known and len(known) < self.params.max_known:
+            known[device_id] = None
+        if device_id in known or device_id in self._enrolled:
+            self._settled[slot] = True  # known_ only grows (but for forget and load_state)
+            return False
+        if learning or device_id in self.new_:
+            return False
+        changes.append(self._raise(columns.records[row], now))
+        return True
 
     def _oldest_firing(self) -> float:
         """When the oldest firing alert was raised (+inf: none fires); only it can be due."""
@@ -157,3 +205,10 @@ class Inventory(Detector):
             self.known_.pop(device_id, None)
             self.new_.pop(device_id, None)
             self.firing_.pop(device_id, None)
+        slots = self._table.slots_of(device_ids)
+        self._settled[slots[slots < len(self._settled)]] = False
+        self._table.release(device_ids)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        super().load_state(state)
+        self._settled[:] = False  # the loaded known_ decides again

@@ -1,8 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import itertools
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+import pytest
 
 from detectors import registry
+from detectors.base import Detector
+from detectors.columns import Columns, DeviceTable, Reports
 from detectors.identity import Identity
 from detectors.model import DeviceRef, Record, Transition
 
@@ -150,3 +158,153 @@ def test_a_state_saved_with_other_fields_learns_the_newly_watched_ones() -> None
     assert [(t.firing, t.evidence["field"], t.evidence["old"]) for t in out] == [
         (True, "src_ip", "10.1.0.1")
     ]
+
+
+# --- The columnar path (update_columns) against the per-record code -------------------------
+
+LIGHTS = [DeviceRef("villeurbanne", "tonkin", "lighting", f"light-{i}") for i in range(4)]
+OTHERS = [DeviceRef("lyon", "gerland", "video", f"cam-g{i}") for i in range(3)]
+CUT_PARAMS = {
+    "learn_reports": 3,
+    "clear_after": 4,
+    "adopt_after_s": 3600,
+    "campaign_window_s": 1800,
+    "hold_s": 1200,
+}
+
+
+class PerRecordIdentity(Identity):
+    """The oracle: no report is ever taken as plain, every row runs the per-record code."""
+
+    def _is_plain(self, record: Record) -> bool:
+        return False
+
+
+def identity_stream(seed: int) -> list[Record]:
+    """Two kinds interleaved, shared and fresh info objects, a roll-out, lone changes, a
+    second publisher, a lasting new address, records without info, late records, a device
+    first seen late and a clock jump that closes campaign windows mid-batch."""
+    rng = random.Random(seed)
+    devices = [*CAMS, *OTHERS, *LIGHTS]
+    shared = {d: base_info(d) for d in devices}
+    moved = {**base_info(OTHERS[2]), "src_ip": "10.7.7.7"}
+    records: list[Record] = []
+    for m in range(300):
+        for j, d in enumerate(devices):
+            if d == OTHERS[2] and m < 120:
+                continue  # first seen late
+            t = T0 + 60 * m + j + rng.random()
+            info: Mapping[str, str] = shared[d]
+            if d in CAMS[:4] and m >= 100 + 3 * CAMS.index(d):
+                info = {**base_info(d), "firmware": "6.0"}  # the roll-out (fresh objects)
+            if d == CAMS[5] and m >= 140:
+                info = {**base_info(d), "firmware": "5.7.3-p1"}  # alone
+            if d == OTHERS[0] and 180 <= m < 186:
+                info = {**base_info(d), "firmware": "6.0-x"}  # alone, then back
+            if d == OTHERS[2] and m > 120:  # another address while it is learned: it stays
+                info = moved
+            if d == LIGHTS[1] and m >= 200:
+                info = {**base_info(d), "src_ip": "10.9.9.9"}  # adopted later
+            if d in LIGHTS[2:] and rng.random() < 0.5:
+                info = dict(info)  # an equal mapping, another object
+            if rng.random() < 0.02:
+                info = {}
+            late = 200.0 if rng.random() < 0.03 else 0.0
+            records.append(Record(d, t - late, {"x": 1.0}, m, info))
+            if d == CAMS[1] and 60 <= m < 75:  # a second publisher
+                forged = {**base_info(d), "client_id": "cam-1-x", "src_ip": "10.250.66.6"}
+                records.append(Record(d, t + 0.5, {"x": 1.0}, m, forged))
+        if m == 250:  # one device's clock far ahead: pushes the stream time past windows
+            records.append(Record(LIGHTS[0], T0 + 60 * m + 2500, {"x": 1.0}, m, shared[LIGHTS[0]]))
+    return records
+
+
+def cuts(n: int, how: int | str, seed: int = 0) -> list[slice]:
+    """The stream's rows cut into batches of `how` rows, or at random places ("random")."""
+    if how == "random":
+        rng = random.Random(seed)
+        bounds = sorted({0, n, *(rng.randrange(n) for _ in range(n // 40))})
+    else:
+        assert isinstance(how, int)
+        bounds = [*range(0, n, how), n]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def feed(
+    det: Detector,
+    records: Sequence[Record],
+    how: int | str,
+    seed: int = 0,
+    table: DeviceTable | None = None,
+) -> list[Transition]:
+    """`records` in batches, through `update_columns` with the table shared by the batches;
+    in random cuts, every other batch comes as the simulator hands it over: records made on
+    demand from the columns."""
+    table = DeviceTable() if table is None else table
+    out: list[Transition] = []
+    for i, part in enumerate(cuts(len(records), how, seed)):
+        reports = Reports.of_records(records[part])
+        if how == "random" and i % 2:
+            reports = dataclasses.replace(reports, given=None)
+        out += det.update_columns(Columns.of_reports(reports, table))
+    return out
+
+
+CUTS: list[tuple[int | str, int]] = [(1, 0), (7, 0), (500, 0), (1 << 30, 0)] + [
+    ("random", s) for s in range(3)
+]
+
+
+def test_the_columnar_path_gives_the_per_record_transitions_in_any_cut() -> None:
+    for seed in (1, 2):
+        records = identity_stream(seed)
+        params = registry.parse_params("identity", CUT_PARAMS)
+        expected = PerRecordIdentity(params).update(records)
+        assert {(t.device, t.firing) for t in expected} >= {
+            (CAMS[1], True),
+            (CAMS[1], False),
+            (CAMS[5], True),
+            (OTHERS[0], True),
+            (LIGHTS[1], True),
+            (OTHERS[2], True),
+        }
+        assert not [t for t in expected if "-> 6.0," in t.summary]  # the roll-out is quiet
+        for how, cut_seed in CUTS:
+            det = make(**CUT_PARAMS)
+            assert repr(feed(det, records, how, cut_seed)) == repr(expected), (seed, how)
+            oracle = PerRecordIdentity(params)
+            oracle.update(records)
+            assert json.dumps(det.state_dict()) == json.dumps(oracle.state_dict())
+
+
+def test_the_columnar_path_forgets_and_continues_from_a_checkpoint() -> None:
+    records = identity_stream(3)
+    half = len(records) // 2
+    gone = {CAMS[5].device_id, LIGHTS[1].device_id}
+    params = registry.parse_params("identity", CUT_PARAMS)
+    oracle = PerRecordIdentity(params)
+    expected = oracle.update(records[:half])
+    oracle.forget(gone)
+    expected += oracle.update(records[half:])
+    for how, cut_seed in CUTS[1:]:
+        det, table = make(**CUT_PARAMS), DeviceTable()
+        out = feed(det, records[:half], how, cut_seed, table)
+        det.forget(gone)
+        table.release(gone)  # as the engine does: the freed slots are given to others
+        saved = json.loads(json.dumps(det.state_dict()))
+        out += feed(det, records[half:], how, cut_seed, table)
+        assert repr(out) == repr(expected), how
+        again = make(**CUT_PARAMS)
+        again.load_state(saved)
+        resumed = feed(again, records[half:], how, cut_seed + 1)
+        assert repr(resumed) == repr(expected[len(out) - len(resumed) :]), how
+
+
+def test_update_and_update_columns_refuse_a_second_table() -> None:
+    det = make()
+    det.load_state(det.state_dict())  # binds no table: the engine's is taken next
+    det.update_columns(Columns.of([Record(CAMS[1], T0, {}, 0, base_info(CAMS[1]))], DeviceTable()))
+    det = make()
+    det.update([Record(CAMS[0], T0, {"x": 1.0}, 0, base_info(CAMS[0]))])
+    with pytest.raises(ValueError, match="another device table"):
+        det.update_columns(Columns.of([Record(CAMS[0], T0 + 60, {}, 1)], DeviceTable()))
