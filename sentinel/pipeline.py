@@ -8,10 +8,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Protocol
 
+import numpy as np
 import structlog
 
+from detectors.columns import Reports, Rows
 from detectors.model import CommandRecord, Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
@@ -24,6 +27,20 @@ from sentinel.metrics import Metrics
 from sentinel.store.lineprotocol import lines_for
 
 log = structlog.get_logger(__name__)
+
+
+_device_id = attrgetter("device_id")
+_kind = attrgetter("kind")
+
+
+class ReportRun(Protocol):
+    """Reports handed over as columns, with their topics (simulators.messages.Run)."""
+
+    @property
+    def topics(self) -> Sequence[str]: ...
+
+    @property
+    def reports(self) -> Reports: ...
 
 
 class LineSink(Protocol):
@@ -59,16 +76,29 @@ class Pipeline:
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
 
-    async def process(self, batch: Sequence[tuple[str, bytes | Record]], now: float) -> list[Alert]:
+    async def process(
+        self, batch: Sequence[tuple[str, bytes | Record] | ReportRun], now: float
+    ) -> list[Alert]:
         """Each (topic, payload) decoded, admitted, stored and scored. A payload may also be a
-        Record already decoded (eval's simulated reports, never the network's): it is admitted,
-        not decoded again."""
+        Record already decoded, and reports may come as columns (a ReportRun): eval's
+        simulated reports, never the network's. Those are admitted, not decoded again."""
         started = time.perf_counter()
         records: list[Record] = []
+        parts: list[Reports] = []  # in order, when runs came: records and runs
         statuses: list[StatusRecord] = []
         commands: list[CommandRecord] = []
         rejected: Counter[str] = Counter()
-        for topic, given in batch:
+        received = 0
+        for entry in batch:
+            if not isinstance(entry, tuple):
+                if records:
+                    parts.append(Reports.of_records(records))
+                    records = []
+                parts.append(self._admit_run(entry, now, rejected))
+                received += len(entry.topics)
+                continue
+            received += 1
+            topic, given = entry
             out: Record | StatusRecord | CommandRecord | Rejection
             out = given if isinstance(given, Record) else self.decoder.decode(topic, given, now)
             if not isinstance(out, Rejection) and not self.admission.admit(out.device.device_id):
@@ -76,45 +106,74 @@ class Pipeline:
             if isinstance(out, Rejection):
                 # A dead letter keeps bytes: a Record's own text when it came decoded.
                 payload = repr(given).encode() if isinstance(given, Record) else given
-                rejected[out.reason] += 1
-                self.deadletters.add(now, topic, payload, out.reason, out.detail)
-                # Attacker-controlled text: truncated here, escaped by the JSON renderer.
-                log.debug(
-                    "rejected",
-                    reason=out.reason.value,
-                    detail=out.detail,
-                    topic=topic[:128],
-                    payload=payload[:64].decode("utf-8", "backslashreplace"),
-                )
+                self._reject(now, topic, payload, out, rejected)
             elif isinstance(out, Record):
                 records.append(out)
             elif isinstance(out, CommandRecord):
                 commands.append(out)
             else:
                 statuses.append(out)
-        self._count(records, statuses, rejected, len(batch))
+        telemetry: Sequence[Record] | Reports = records
+        if parts:
+            telemetry = Reports.join([*parts, Reports.of_records(records)] if records else parts)
+        self._count(telemetry, statuses, rejected, received)
         self.accepted += len(commands)
-        changed = await self.ingest(records, statuses, now, commands)
+        changed = await self.ingest(telemetry, statuses, now, commands)
         flood = self.admission.transitions(now)
         if flood:
             changed += await self.raise_alerts(admission.SOURCE, flood)
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         return changed
 
+    def _admit_run(self, run: ReportRun, now: float, rejected: Counter[str]) -> Reports:
+        """A run's reports whose devices are admitted; the others dead letters."""
+        reports = run.reports
+        if self.admission.known.issuperset(map(_device_id, reports.refs)):
+            return reports
+        kept = []
+        for i, ref in enumerate(reports.refs):
+            if self.admission.admit(ref.device_id):
+                kept.append(i)
+            else:
+                rejection = Rejection(Reason.DEVICE_CAP, "a new device id beyond the cap")
+                payload = repr(reports.record(i)).encode()
+                self._reject(now, run.topics[i], payload, rejection, rejected)
+        return reports if len(kept) == len(reports) else reports.select(np.array(kept, np.int64))
+
+    def _reject(
+        self, now: float, topic: str, payload: bytes, rejection: Rejection, rejected: Counter[str]
+    ) -> None:
+        rejected[rejection.reason] += 1
+        self.deadletters.add(now, topic, payload, rejection.reason, rejection.detail)
+        # Attacker-controlled text: truncated here, escaped by the JSON renderer.
+        log.debug(
+            "rejected",
+            reason=rejection.reason.value,
+            detail=rejection.detail,
+            topic=topic[:128],
+            payload=payload[:64].decode("utf-8", "backslashreplace"),
+        )
+
     async def ingest(
         self,
-        records: Sequence[Record],
+        records: Sequence[Record] | Reports,
         statuses: Sequence[StatusRecord] = (),
         now: float | None = None,
         commands: Sequence[CommandRecord] = (),
     ) -> list[Alert]:
-        """Store and score records that are already valid: decoded telemetry, or features
-        derived from traffic (sentinel.traffic) that enter the engine like any telemetry."""
+        """Store and score records that are already valid: decoded telemetry (or reports as
+        columns), or features derived from traffic (sentinel.traffic) that enter the engine
+        like any telemetry."""
+        rows = Rows(records) if isinstance(records, Reports) else records
         # Store before scoring: a detector failure must not cost the data.
-        if self.store is not None and (records or statuses or commands):
-            await self.store.put(lines_for([*records, *statuses, *commands]))
+        if self.store is not None and (rows or statuses or commands):
+            await self.store.put(lines_for([*rows, *statuses, *commands]))
         changed: list[Alert] = []
-        for source, transitions in self.engine.process(records, commands):
+        if isinstance(records, Reports):
+            results = self.engine.process_reports(records, commands)
+        else:
+            results = self.engine.process(records, commands)
+        for source, transitions in results:
             changed += self.book.apply(source, transitions)
         await self._store_scores(self.engine.take_scores())
         await self.publish(changed, now)
@@ -152,7 +211,7 @@ class Pipeline:
 
     def _count(
         self,
-        records: list[Record],
+        records: Sequence[Record] | Reports,
         statuses: list[StatusRecord],
         rejected: Counter[str],
         received: int,
@@ -160,7 +219,8 @@ class Pipeline:
         # One metric update per label per batch, not per message.
         m = self.metrics
         m.messages_received.labels("mqtt").inc(received)
-        for kind, n in Counter(r.device.kind for r in records).items():
+        refs = records.refs if isinstance(records, Reports) else [r.device for r in records]
+        for kind, n in Counter(map(_kind, refs)).items():
             m.records_accepted.labels(kind).inc(n)
         for reason, n in rejected.items():
             m.rejects.labels(reason).inc(n)

@@ -9,32 +9,34 @@ batch size whatever the fleet size or the span.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
-from typing import Literal, cast, overload
+from typing import Literal, overload
 
 import numpy as np
 
-from detectors.model import DeviceRef, Record
+from detectors.columns import Block, Reports
+from detectors.model import DeviceRef
 from simulators import network, noise, sun
 from simulators.anomalies import Anomaly, AnomalySpec, Metrics
 from simulators.effects import EMPTY_PLAN, Effect, LegacyAnomaly, Report, StreamPlan
 from simulators.fleet import Device, Fleet
 from simulators.messages import (
     DEFAULT_TOPIC_PREFIX,
-    Decoded,
     Message,
+    Run,
     check_prefix,
+    interleave,
+    metric_block,
     online,
     payload_head,
     payload_tail,
     plain_messages,
     telemetry_payloads,
-    telemetry_records,
     topic,
 )
 from simulators.schedule import Schedule
@@ -55,6 +57,9 @@ _MISSING_STREAM = 1_000
 _JITTER_STREAM = 1_001
 
 
+Item = Message | Run  # what a decoded stream is made of
+
+
 @dataclass(frozen=True, slots=True)
 class _Batch:
     """Reports due in one window, in time order (parallel arrays), and their payloads."""
@@ -64,31 +69,37 @@ class _Batch:
     report: np.ndarray  # the device's report number since the epoch
     device_ts: np.ndarray  # payload ts: the device's clock, jittered
     seq: np.ndarray
-    decoded: bool  # plain reports as Records (see `generate`), not payloads
-    # Filled by the groups: per position its payload, or its Record when `decoded` and no
-    # effect touched it (None: an effect dropped the report), and the messages effects add
-    # right after a position.
+    decoded: bool  # plain reports as columns (see `generate`), not payloads
+    # Filled by the groups: per position its payload (None: an effect dropped the report; not
+    # set for a plain report when `decoded`), and the messages effects add right after a
+    # position. When `decoded`: per position the device's DeviceRef and info, the groups'
+    # metric blocks, and the positions effects touched (their payloads are written).
     payloads: np.ndarray = field(init=False)
     dropped: set[int] = field(default_factory=set)
     extras: dict[int, list[bytes]] = field(default_factory=dict)
+    refs: np.ndarray = field(init=False)
+    infos: np.ndarray = field(init=False)
+    blocks: list[Block] = field(default_factory=list)
+    touched: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "payloads", np.empty(len(self.devices), dtype=object))
+        for name in ("payloads", "refs", "infos"):
+            object.__setattr__(self, name, np.empty(len(self.devices), dtype=object))
 
-    def stream(self) -> tuple[np.ndarray, list[bytes | Record]]:
-        """The batch positions of the messages to publish, in stream order, and their payloads
-        (or Records): a dropped report publishes nothing, an effect's extras follow their
+    def stream(self) -> tuple[np.ndarray, list[bytes]]:
+        """The batch positions of the messages to publish, in stream order, and their
+        payloads: a dropped report publishes nothing, an effect's extras follow their
         report."""
-        payloads: list[bytes | Record] = self.payloads.tolist()
+        payloads: list[bytes] = self.payloads.tolist()
         if not self.dropped and not self.extras:
             return np.arange(len(payloads)), payloads
         at: list[int] = []
-        out: list[bytes | Record] = []
+        out: list[bytes] = []
         done = 0
         for pos in sorted(self.dropped | self.extras.keys()):
             at += range(done, pos)
             out += payloads[done:pos]
-            added: list[bytes | Record] = [*self.extras.get(pos, [])]
+            added: list[bytes] = [*self.extras.get(pos, [])]
             if pos not in self.dropped:
                 added.insert(0, payloads[pos])
             at += [pos] * len(added)
@@ -97,6 +108,27 @@ class _Batch:
         at += range(done, len(payloads))
         out += payloads[done:]
         return np.array(at, dtype=np.int64), out
+
+    def decoded_stream(self, sent: np.ndarray, topics: list[str], ids: list[str]) -> list[Item]:
+        """The batch when `decoded`, in stream order: runs of plain reports, and the messages
+        of the positions effects touched (a dropped report publishes nothing, an effect's
+        extras follow their report)."""
+        reports = Reports(
+            self.refs.tolist(), self.device_ts, self.seq, tuple(self.blocks), self.infos.tolist()
+        )
+        out: list[Item] = []
+        done = 0
+        for pos in [*sorted(self.touched), len(sent)]:
+            if pos > done:
+                out.append(Run(sent[done:pos], topics[done:pos], reports.slice(done, pos)))
+            if pos == len(sent):
+                break
+            ts = float(sent[pos])
+            if pos not in self.dropped:
+                out.append(Message(ts, topics[pos], self.payloads[pos], ids[pos]))
+            out += (Message(ts, topics[pos], extra, ids[pos]) for extra in self.extras.get(pos, ()))
+            done = pos + 1
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +154,9 @@ class _Group:
         columns.update(network.columns(self.kind, self.model, rows, report, columns))
         ts, seq = batch.device_ts[at], batch.seq[at]
         if batch.decoded:
-            batch.payloads[at] = telemetry_records(
-                self.refs[rows].tolist(), ts, seq, columns, self.infos[rows].tolist()
-            )
+            batch.blocks.append(metric_block(at, columns))
+            batch.refs[at] = self.refs[rows]
+            batch.infos[at] = self.infos[rows]
         else:
             batch.payloads[at] = telemetry_payloads(
                 self.heads[rows].tolist(), ts, seq, columns, self.tails[rows].tolist()
@@ -132,6 +164,7 @@ class _Group:
         attacked = np.flatnonzero(np.isin(batch.devices[at], targets.indices))
         for j in attacked.tolist():
             row, pos = int(rows[j]), int(at[j])
+            batch.touched.add(pos)
             metrics: Metrics = {name: column[j].item() for name, column in columns.items()}
             device, info = self.devices[row], self.infos[row]
             targets.apply(device, ts[j].item(), seq[j].item(), metrics, info, pos, batch)
@@ -198,7 +231,7 @@ def generate(
     topic_prefix: str = DEFAULT_TOPIC_PREFIX,
     plan: StreamPlan | None = None,
     decoded: bool,
-) -> Iterator[Message | Decoded]: ...
+) -> Iterator[Message | Run]: ...
 
 
 def generate(
@@ -211,7 +244,7 @@ def generate(
     topic_prefix: str = DEFAULT_TOPIC_PREFIX,
     plan: StreamPlan | None = None,
     decoded: bool = False,
-) -> Iterator[Message] | Iterator[Message | Decoded]:
+) -> Iterator[Message] | Iterator[Message | Run]:
     """Every message the fleet publishes in [start_ts, end_ts), sorted by `Message.ts`.
 
     First each device's retained `online` status at `start_ts`, then its telemetry every
@@ -222,9 +255,10 @@ def generate(
     `plan` (a compiled scenario, see `simulators.scenario`) adds effects on devices' reports,
     scheduled messages, and devices outside the fleet; its messages must use `topic_prefix`.
 
-    `decoded`: each plain report (of a device no effect targets) comes as a `Decoded`, the
-    Record the agent's decoder would make of its payload, which is never written (what eval
-    needs: the same stream without the JSON round trip). Everything else stays a Message.
+    `decoded`: plain reports (of devices no effect targets) come in `Run`s, as the columns
+    the agent's decoder would read in their payloads, which are never written (what eval
+    needs: the same stream without the JSON round trip and without an object per report).
+    Everything else stays a Message.
     """
     if not (math.isfinite(start_ts) and math.isfinite(end_ts) and start_ts <= end_ts):
         raise ValueError(f"need finite start_ts <= end_ts, got {start_ts}, {end_ts}")
@@ -271,7 +305,7 @@ def _batches(
     prefix: str,
     plan: StreamPlan,
     decoded: bool,
-) -> Iterator[Iterable[Message | Decoded]]:
+) -> Iterator[Iterable[Item]]:
     """The stream, batch by batch."""
     yield online(prefix, (d for d in fleet if d.device_id not in plan.unannounced), start_ts)
     scheduled = [m for m in plan.scheduled if start_ts <= m.ts < end_ts]
@@ -312,49 +346,25 @@ def _batches(
             if len(at):
                 group.encode(batch, at, row_of[devices[at]], targets)
 
-        at, payloads = batch.stream()
-        senders = devices[at]
-        sent_at, sent_on = (times_ms[at] / 1000).tolist(), topics[senders].tolist()
-        messages: Iterable[Message | Decoded]
+        messages: Iterable[Item]
         if decoded:
-            messages = list(map(_decoded_or_message, sent_at, sent_on, payloads, ids[senders]))
+            on, by = topics[devices].tolist(), ids[devices].tolist()
+            messages = batch.decoded_stream(times_ms / 1000, on, by)
         else:  # every payload is bytes
-            texts = cast(list[bytes], payloads)
-            messages = plain_messages(sent_at, sent_on, texts, ids[senders].tolist())
+            at, payloads = batch.stream()
+            senders = devices[at]
+            sent_at, sent_on = (times_ms[at] / 1000).tolist(), topics[senders].tolist()
+            messages = plain_messages(sent_at, sent_on, payloads, ids[senders].tolist())
         last_sent = times_ms[-1].item() / 1000  # of the batch's reports, dropped ones too
         if k < len(scheduled) and scheduled[k].ts <= last_sent:
-            messages, k = _merge(messages, scheduled, k, last_sent)
+            until = bisect_right(scheduled, last_sent, lo=k, key=_sent_at)
+            messages = list(interleave(messages, scheduled[k:until], _sent_at))
+            k = until
         yield messages
     yield scheduled[k:]
 
 
-def _decoded_or_message(
-    ts: float, topic: str, payload: bytes | Record, device_id: str
-) -> Message | Decoded:
-    if type(payload) is Record:
-        return Decoded(ts, topic, payload)
-    assert isinstance(payload, bytes)
-    return Message(ts, topic, payload, device_id)
-
-
 _sent_at = attrgetter("ts")
-
-
-def _merge(
-    batch: Iterable[Message | Decoded], scheduled: list[Message], k: int, until: float
-) -> tuple[list[Message | Decoded], int]:
-    """The batch's messages with the scheduled messages from the k-th on that are due by `until`,
-    each before the first message sent at or after its time; and the number of scheduled sent."""
-    messages = list(batch)
-    out: list[Message | Decoded] = []
-    done = 0
-    while k < len(scheduled) and scheduled[k].ts <= until:
-        cut = bisect_left(messages, scheduled[k].ts, done, key=_sent_at)
-        out += messages[done:cut]
-        out.append(scheduled[k])
-        done, k = cut, k + 1
-    out += messages[done:]
-    return out, k
 
 
 def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndarray, np.ndarray]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
-from typing import NamedTuple, cast
+from typing import NamedTuple, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
-from detectors.model import DeviceRef, Record
+from detectors.columns import Block, Reports
 from simulators.fleet import Device
 
 DEFAULT_TOPIC_PREFIX = "fleet"
@@ -34,15 +36,67 @@ class Message(NamedTuple):
     origin: str = ""
 
 
-class Decoded(NamedTuple):
-    """A plain telemetry report (one no effect touched) handed over already decoded: `record`
-    is what the agent's decoder makes of the payload the report would have carried
-    (`generate(..., decoded=True)`; tests/test_generator_decoded.py checks it message by
-    message). `ts` is when it is sent, as for a Message."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    """Plain telemetry reports (of devices no effect touches) sent one after another, handed
+    over as columns (`generate(..., decoded=True)`): `reports` is what the agent's decoder
+    makes of the payloads they would carry, which are never written
+    (tests/test_generator_decoded.py checks it row by row); `sent` is when each is sent (as a
+    Message's `ts`) and `topics` where."""
 
-    ts: float
-    topic: str
-    record: Record
+    sent: npt.NDArray[np.float64]
+    topics: Sequence[str]
+    reports: Reports
+
+    @property
+    def ts(self) -> float:
+        """When the run starts: its place in the stream."""
+        return float(self.sent[0])
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    def split(self, at: int) -> tuple[Run, Run]:
+        """The first `at` reports, and the rest."""
+        n = len(self.sent)
+        return self._rows(0, at), self._rows(at, n)
+
+    def sent_before(self, ts: float) -> int:
+        """How many of the reports are sent before `ts`."""
+        return int(np.searchsorted(self.sent, ts, side="left"))
+
+    def _rows(self, lo: int, hi: int) -> Run:
+        return Run(self.sent[lo:hi], self.topics[lo:hi], self.reports.slice(lo, hi))
+
+
+_Item = TypeVar("_Item", bound="Message | Run")
+_Extra = TypeVar("_Extra")
+
+
+def interleave(
+    items: Iterable[_Item], extras: Iterable[_Extra], ts_of: Callable[[_Extra], float]
+) -> Iterator[_Item | _Extra]:
+    """`items` (in time order) with `extras` (in time order) merged in: each extra goes
+    before the first message or report sent at or after its time (a run is cut there)."""
+    pending = iter(extras)
+    extra = next(pending, None)
+    for item in items:
+        while extra is not None and ts_of(extra) <= item.ts:
+            yield extra
+            extra = next(pending, None)
+        if isinstance(item, Run):
+            rest: Run = item
+            while extra is not None and ts_of(extra) <= float(rest.sent[-1]):
+                head, rest = rest.split(rest.sent_before(ts_of(extra)))
+                if len(head):
+                    yield cast(_Item, head)
+                yield extra
+                extra = next(pending, None)
+            item = cast(_Item, rest)  # noqa: PLW2901 - what is left of the run
+        yield item
+    while extra is not None:
+        yield extra
+        extra = next(pending, None)
 
 
 WILL = "will"
@@ -108,23 +162,12 @@ _SMALL = 4_096
 _SMALL_INTS = np.array(orjson.dumps(list(range(_SMALL)))[1:-1].split(b","), dtype=object)
 
 
-def telemetry_records(
-    devices: list[DeviceRef],
-    ts: np.ndarray,
-    seq: np.ndarray,
-    metrics: Mapping[str, np.ndarray],
-    infos: list[dict[str, str]],
-) -> list[Record]:
-    """The Records the agent's decoder makes of `telemetry_payloads` with the same columns:
-    every metric a float (JSON integers and booleans are read as floats), in column order;
-    `ts` and `seq` as written (orjson's shortest text of a float reads back as that float)."""
-    names = list(metrics)
-    values: list[list[float]] = np.column_stack(
-        [np.asarray(column, dtype=np.float64) for column in metrics.values()]
-    ).tolist()
-    # Built by map, in C: no Python frame per report but the Record's own __init__.
-    metric_dicts = map(dict, map(zip, repeat(names), values))
-    return list(map(Record, devices, ts.tolist(), metric_dicts, seq.tolist(), infos))
+def metric_block(rows: np.ndarray, metrics: Mapping[str, np.ndarray]) -> Block:
+    """The metrics of reports at `rows` as the agent's decoder reads them from
+    `telemetry_payloads` with the same columns: every metric a float (JSON integers and
+    booleans are read as floats), in column order."""
+    values = np.column_stack([np.asarray(column, dtype=np.float64) for column in metrics.values()])
+    return Block(rows, tuple(metrics), values.reshape(len(rows), len(metrics)))
 
 
 def _texts(column: np.ndarray) -> list[bytes]:

@@ -17,7 +17,7 @@ from simulators.files import write_atomic
 from simulators.fleet import Fleet, build_fleet
 from simulators.generator import generate
 from simulators.inventory import write_inventory
-from simulators.messages import DEFAULT_TOPIC_PREFIX, Decoded, Message
+from simulators.messages import DEFAULT_TOPIC_PREFIX, Message, Run, interleave
 from simulators.publisher import PublishStats, publish
 from simulators.recordfile import RecordingWriter
 from simulators.scenario import Compiled, Scenario, compile_scenario, scenario_start
@@ -85,21 +85,18 @@ def prepare(
     return ScenarioRun(scenario, fleet, t0, t1, s, topic_prefix, compiled)
 
 
-_Sent = TypeVar("_Sent", Message, Message | Decoded)
+_Sent = TypeVar("_Sent", Message, Message | Run)
 
 
 def with_events(
     messages: Iterable[_Sent], actions: Iterable[BrokerAction]
 ) -> Iterator[_Sent | BrokerAction]:
     """Messages and broker actions merged in time order (actions first on a tie)."""
-    pending = sorted(actions, key=lambda a: a.ts)
-    k = 0
-    for m in messages:
-        while k < len(pending) and pending[k].ts <= m.ts:
-            yield pending[k]
-            k += 1
-        yield m
-    yield from pending[k:]
+    return interleave(messages, sorted(actions, key=_action_ts), _action_ts)
+
+
+def _action_ts(action: BrokerAction) -> float:
+    return action.ts
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detectors.model import Record
 from sentinel.agent import build_decoder
 from sentinel.alerting.alerts import Alert
 from sentinel.alerting.build import build_book
@@ -48,7 +47,7 @@ from simulators.anomalies import GroundTruth
 from simulators.effects import BrokerAction, StreamPlan
 from simulators.fleet import Device, Fleet
 from simulators.generator import generate
-from simulators.messages import Decoded
+from simulators.messages import Run
 from simulators.recordfile import BrokerEvent, open_recording
 from simulators.scenario import Scenario
 from simulators.scenario_run import ScenarioRun, prepare, with_events
@@ -107,9 +106,9 @@ class FeedResult:
     broker_events: int = 0
 
 
-# A message: (ts, topic, payload), or (ts, topic, Record) for a report the simulator handed
-# over already decoded (simulators.messages.Decoded); or a broker event.
-Item = tuple[float, str, bytes | Record] | BrokerEvent
+# A message: (ts, topic, payload); plain reports the simulator handed over as columns
+# (simulators.messages.Run); or a broker event.
+Item = tuple[float, str, bytes] | Run | BrokerEvent
 
 
 async def feed(
@@ -130,8 +129,8 @@ async def feed(
     filled in when it resolved.
     """
     raised: dict[int, Alert] = {}
-    batch: list[tuple[str, bytes | Record]] = []
-    n = events = 0
+    batch: list[tuple[str, bytes] | Run] = []
+    size = n = events = 0  # size: messages in `batch` (a run holds several)
     now = 0.0
     next_report = _PROGRESS_EVERY
 
@@ -140,10 +139,10 @@ async def feed(
             raised.setdefault(id(a), a)
 
     async def flush() -> None:
-        nonlocal batch, n
+        nonlocal batch, n, size
         keep(await pipeline.process(batch, now))
-        n += len(batch)
-        batch = []
+        n += size
+        batch, size = [], 0
         if traffic is not None and traffic.active:
             keep(await traffic.deliver(pipeline, now))
 
@@ -161,14 +160,15 @@ async def feed(
                 traffic.add(item.ts, item.event)
                 keep(await traffic.deliver(pipeline, now))
                 continue
-            ts, topic, payload = item
-            batch.append((topic, payload))
-            now = ts
-            if len(batch) >= batch_max:
-                await flush()
-                if progress is not None and n >= next_report:
-                    progress(n)
-                    next_report = n + _PROGRESS_EVERY
+            for part in _cut(item, batch_max - size, batch_max):
+                batch.append(part if isinstance(part, Run) else part[1:])
+                size += len(part) if isinstance(part, Run) else 1
+                now = float(part.sent[-1]) if isinstance(part, Run) else part[0]
+                if size >= batch_max:
+                    await flush()
+                    if progress is not None and n >= next_report:
+                        progress(n)
+                        next_report = n + _PROGRESS_EVERY
         if batch:
             await flush()
     finally:
@@ -179,6 +179,22 @@ async def feed(
     # What a SOC would have been shown: not what was suppressed, nor observe-only detectors'.
     shown = [a for a in raised.values() if not a.observed and not a.suppressed_by]
     return FeedResult([_record(a) for a in shown], n, Counter(pipeline.rejected), events)
+
+
+def _cut(
+    item: tuple[float, str, bytes] | Run, room: int, batch_max: int
+) -> Iterator[tuple[float, str, bytes] | Run]:
+    """A run cut where batches end (`room` messages left in the current one): batches hold
+    `batch_max` messages whether reports come one by one or in runs."""
+    if not isinstance(item, Run) or len(item) <= room:
+        yield item
+        return
+    head, rest = item.split(room)
+    yield head
+    while len(rest) > batch_max:
+        head, rest = rest.split(batch_max)
+        yield head
+    yield rest
 
 
 @dataclass
@@ -289,8 +305,8 @@ def stream_items(
     )
     actions = run.compiled.plan.actions if broker else ()
     for m in with_events(messages, actions):
-        if isinstance(m, Decoded):
-            yield m  # already (ts, topic, record)
+        if isinstance(m, Run):
+            yield m
         elif isinstance(m, BrokerAction):
             for ev in m.events():
                 yield BrokerEvent(m.ts, ev)
