@@ -21,6 +21,7 @@ from pathlib import Path
 
 from sentinel.config import load_config
 from sentinel.evaluation.runner import build_pipeline, feed, run_scenario, stream_items
+from simulators.messages import Run
 from simulators.recordfile import BrokerEvent
 from simulators.scenario import load_scenario
 from simulators.scenario_run import prepare
@@ -51,14 +52,14 @@ def split(scenario: str, devices: int, config: Path, wire: bool) -> Split:
     cfg = load_config(config)
     decoder = build_pipeline(cfg).decoder
     began = time.perf_counter()
-    for ts, topic, payload in items:
-        if isinstance(payload, bytes):
+    for item in items:
+        if not isinstance(item, Run):  # a run's reports come decoded
+            ts, topic, payload = item
             decoder.decode(topic, payload, ts)
     decode = time.perf_counter() - began
     began = time.perf_counter()
-    asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max))
+    n = asyncio.run(feed(build_pipeline(cfg), items, cfg.pipeline.batch_max)).messages
     pipe = time.perf_counter() - began
-    n = len(items)
     return Split(n, sim / n, decode / n, pipe / n)
 
 

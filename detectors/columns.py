@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import TypeVar, overload
 
 import numpy as np
@@ -48,8 +49,7 @@ class DeviceTable:
 
     def slots(self, refs: Sequence[DeviceRef]) -> Ints:
         """Each device's slot, new devices given one."""
-        slot_of = self.slot_of
-        out = [slot_of.get(ref, -1) for ref in refs]
+        out = list(map(self.slot_of.get, refs, repeat(-1)))
         if -1 in out:
             for i, slot in enumerate(out):
                 if slot == -1:
@@ -189,13 +189,13 @@ class Reports:
             if keep.any():
                 blocks.append(Block(moved[keep], block.names, block.values[keep]))
         at = rows.tolist()
-        given = [self.given[i] for i in at] if self.given is not None else None
+        given = list(map(self.given.__getitem__, at)) if self.given is not None else None
         return Reports(
-            [self.refs[i] for i in at],
+            list(map(self.refs.__getitem__, at)),
             self.ts[rows],
             self.seq[rows],
             tuple(blocks),
-            [self.infos[i] for i in at],
+            list(map(self.infos.__getitem__, at)),
             given,
         )
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, T
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
 
+_KIND = itemgetter(2)  # a DeviceRef's kind: a tuple index, not the NamedTuple's property
 _BY_RECORDS = Detector.update_columns  # the default: `update` on the records
 
 
@@ -158,9 +159,8 @@ class Engine:
         commands: Sequence[CommandRecord],
     ) -> list[tuple[AlertSource, list[Transition]]]:
         self._scores = []  # never more than one batch's worth held
-        rows_of_kind: dict[str, list[int]] = defaultdict(list)
-        for i, ref in enumerate(refs):
-            rows_of_kind[ref.kind].append(i)
+        kinds = np.array(list(map(_KIND, refs)), dtype=object)
+        rows_of_kind = {k: np.flatnonzero(kinds == k).tolist() for k in set(kinds.tolist())}
         if any(inst.models for inst in self.instances):
             self._learn_models(refs, columns.infos if columns else [r.info for r in records])
         elif self._model_of:

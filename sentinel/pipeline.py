@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import itemgetter
 from typing import Protocol
 
 import numpy as np
@@ -29,8 +29,9 @@ from sentinel.store.lineprotocol import lines_for
 log = structlog.get_logger(__name__)
 
 
-_device_id = attrgetter("device_id")
-_kind = attrgetter("kind")
+# A DeviceRef's fields by position: a tuple index, not the NamedTuple's property.
+_device_id = itemgetter(3)
+_kind = itemgetter(2)
 
 
 class ReportRun(Protocol):
