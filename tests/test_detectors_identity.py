@@ -277,27 +277,41 @@ def test_the_columnar_path_gives_the_per_record_transitions_in_any_cut() -> None
             assert json.dumps(det.state_dict()) == json.dumps(oracle.state_dict())
 
 
-def test_the_columnar_path_forgets_and_continues_from_a_checkpoint() -> None:
-    records = identity_stream(3)
+def forgets_and_resumes_as_the_oracle(
+    make_detector: Callable[[], Detector],
+    oracle: Detector,
+    records: Sequence[Record],
+    gone: set[str],
+    cuts: Sequence[tuple[int | str, int]],
+) -> list[Transition]:
+    """Half the stream, `forget(gone)` (the engine then frees the slots), a checkpoint, the
+    rest: in every cut, the oracle's transitions; a detector loaded from the checkpoint carries
+    on with them. Returns the oracle's transitions."""
     half = len(records) // 2
-    gone = {CAMS[5].device_id, LIGHTS[1].device_id}
-    params = registry.parse_params("identity", CUT_PARAMS)
-    oracle = PerRecordIdentity(params)
     expected = oracle.update(records[:half])
     oracle.forget(gone)
     expected += oracle.update(records[half:])
-    for how, cut_seed in CUTS[1:]:
-        det, table = make(**CUT_PARAMS), DeviceTable()
+    for how, cut_seed in cuts:
+        det, table = make_detector(), DeviceTable()
         out = feed(det, records[:half], how, cut_seed, table)
         det.forget(gone)
         table.release(gone)  # as the engine does: the freed slots are given to others
         saved = json.loads(json.dumps(det.state_dict()))
         out += feed(det, records[half:], how, cut_seed, table)
         assert repr(out) == repr(expected), how
-        again = make(**CUT_PARAMS)
+        again = make_detector()
         again.load_state(saved)
         resumed = feed(again, records[half:], how, cut_seed + 1)
         assert repr(resumed) == repr(expected[len(out) - len(resumed) :]), how
+    return expected
+
+
+def test_the_columnar_path_forgets_and_continues_from_a_checkpoint() -> None:
+    oracle = PerRecordIdentity(registry.parse_params("identity", CUT_PARAMS))
+    gone = {CAMS[5].device_id, LIGHTS[1].device_id}
+    forgets_and_resumes_as_the_oracle(
+        lambda: make(**CUT_PARAMS), oracle, identity_stream(3), gone, CUTS[1:]
+    )
 
 
 def test_update_and_update_columns_refuse_a_second_table() -> None:

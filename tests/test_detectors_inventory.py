@@ -10,10 +10,10 @@ import pytest
 
 from detectors import registry
 from detectors.base import Detector
-from detectors.columns import Columns, DeviceTable
+from detectors.columns import Columns
 from detectors.inventory import Inventory
 from detectors.model import DeviceRef, Record, Transition
-from tests.test_detectors_identity import feed
+from tests.test_detectors_identity import feed, forgets_and_resumes_as_the_oracle
 
 T0 = 1_700_000_000.0
 KNOWN = [DeviceRef("lyon", "gerland", "mobility", f"mob-{i}") for i in range(3)]
@@ -129,24 +129,9 @@ def test_the_columnar_path_gives_the_per_record_transitions_in_any_cut(
 
 
 def test_the_columnar_path_forgets_and_continues_from_a_checkpoint() -> None:
-    records = inventory_stream(3)
-    half = len(records) // 2
-    gone = {"mob-1", "rogue-0"}
     params = CUT_PARAMS[0]
     oracle = PerRecordInventory(registry.parse_params("inventory", params))
-    expected = oracle.update(records[:half])
-    oracle.forget(gone)
-    expected += oracle.update(records[half:])
+    expected = forgets_and_resumes_as_the_oracle(
+        lambda: make(**params), oracle, inventory_stream(3), {"mob-1", "rogue-0"}, CUTS[1:]
+    )
     assert any(t.device.device_id == "mob-1" for t in expected)  # forgotten, then unknown
-    for how, cut_seed in CUTS[1:]:
-        det, table = make(**params), DeviceTable()
-        out = feed(det, records[:half], how, cut_seed, table)
-        det.forget(gone)
-        table.release(gone)  # as the engine does: the freed slots are given to others
-        saved = json.loads(json.dumps(det.state_dict()))
-        out += feed(det, records[half:], how, cut_seed, table)
-        assert repr(out) == repr(expected), how
-        again = make(**params)
-        again.load_state(saved)
-        resumed = feed(again, records[half:], how, cut_seed + 1)
-        assert repr(resumed) == repr(expected[len(out) - len(resumed) :]), how
