@@ -99,6 +99,7 @@ class Engine:
         # Slots for the detectors that take batches as columns (detectors.columns); the
         # columns are built once per batch, and only if one of them is configured.
         self.table = DeviceTable()
+        self._selections: dict[frozenset[str], Columns] = {}  # this batch's, by kinds
         self._by_columns = any(
             type(inst.detector).update_columns is not _BY_RECORDS for inst in instances
         )
@@ -175,8 +176,7 @@ class Engine:
             if not watched:
                 pass
             elif columns is not None and type(inst.detector).update_columns is not _BY_RECORDS:
-                selected = columns if rows is None else columns.select(np.array(rows, np.int64))
-                transitions = inst.detector.update_columns(selected)
+                transitions = inst.detector.update_columns(self._select(inst, columns, rows))
             else:
                 every = list(records) if every is None else every
                 transitions = self._run(inst, every if rows is None else [every[i] for i in rows])
@@ -187,7 +187,20 @@ class Engine:
                 transitions += inst.detector.update_commands(mine) if mine else []
             if transitions:
                 results.append((inst.source, transitions))
+        self._selections.clear()  # nothing of a batch is kept past it
         return results
+
+    def _select(self, inst: DetectorInstance, columns: Columns, rows: list[int] | None) -> Columns:
+        """The instance's rows as columns; instances that watch the same kinds (and no
+        narrower group) share one selection per batch."""
+        if rows is None:
+            return columns
+        if inst.tenants or inst.zones or inst.models:
+            return columns.select(np.array(rows, np.int64))
+        selected = self._selections.get(inst.kinds)
+        if selected is None:
+            selected = self._selections[inst.kinds] = columns.select(np.array(rows, np.int64))
+        return selected
 
     def _rows(
         self,
