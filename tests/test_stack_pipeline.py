@@ -6,9 +6,9 @@ import asyncio
 import subprocess
 import sys
 import time
-from typing import Any
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
