@@ -78,11 +78,11 @@ class Pipeline:
         self.rejected: Counter[str] = Counter()
 
     async def process(
-        self, batch: Sequence[tuple[str, bytes | Record] | ReportRun], now: float
+        self, batch: Sequence[tuple[str, bytes] | ReportRun], now: float
     ) -> list[Alert]:
-        """Each (topic, payload) decoded, admitted, stored and scored. A payload may also be a
-        Record already decoded, and reports may come as columns (a ReportRun): eval's
-        simulated reports, never the network's. Those are admitted, not decoded again."""
+        """Each (topic, payload) decoded, admitted, stored and scored. Reports may also come
+        already decoded, as columns (a ReportRun): eval's simulated reports, never the
+        network's. Those are admitted, not decoded again."""
         started = time.perf_counter()
         records: list[Record] = []
         parts: list[Reports] = []  # in order, when runs came: records and runs
@@ -99,14 +99,11 @@ class Pipeline:
                 received += len(entry.topics)
                 continue
             received += 1
-            topic, given = entry
-            out: Record | StatusRecord | CommandRecord | Rejection
-            out = given if isinstance(given, Record) else self.decoder.decode(topic, given, now)
+            topic, payload = entry
+            out = self.decoder.decode(topic, payload, now)
             if not isinstance(out, Rejection) and not self.admission.admit(out.device.device_id):
                 out = Rejection(Reason.DEVICE_CAP, "a new device id beyond the cap")
             if isinstance(out, Rejection):
-                # A dead letter keeps bytes: a Record's own text when it came decoded.
-                payload = repr(given).encode() if isinstance(given, Record) else given
                 self._reject(now, topic, payload, out, rejected)
             elif isinstance(out, Record):
                 records.append(out)
