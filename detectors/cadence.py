@@ -38,7 +38,16 @@ from pydantic import Field, model_validator
 
 from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
-from detectors.columns import NO_SEQ, Bools, Columns, DeviceTable, Floats, Ints, Reports, grown
+from detectors.columns import (
+    Bools,
+    BoundTable,
+    Columns,
+    DeviceTable,
+    Floats,
+    Ints,
+    columns_without_metrics,
+    grown,
+)
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock
@@ -131,15 +140,6 @@ def _exactly(fn: Callable[[float], float], values: Floats) -> Floats:
     return np.fromiter(map(fn, values.tolist()), dtype=np.float64, count=len(values))
 
 
-def _times_of(records: Sequence[Record]) -> Reports:
-    """The records' devices and times as reports: cadence reads nothing else, and building
-    the metric blocks would cost `update`'s callers more than cadence itself."""
-    n = len(records)
-    ts = np.fromiter((r.ts for r in records), dtype=np.float64, count=n)
-    seq = np.full(n, NO_SEQ, dtype=np.int64)  # not read either
-    return Reports([r.device for r in records], ts, seq, (), [r.info for r in records], records)
-
-
 @dataclass(slots=True)
 class _Plan:
     """One segment of a batch (no device twice): every row's state after a plain report,
@@ -171,8 +171,7 @@ class Cadence(Detector):
         self.started_ = -math.inf  # the first record's time (the learning period's start)
         self._zones: dict[tuple[str, str], list[DeviceRef]] | None = None  # rebuilt on demand
         # Bound to the first device table seen; until then the _Devices hold every field.
-        self._table: DeviceTable | None = None
-        self._own_table = False  # made by `update` for callers outside the engine
+        self._bound = BoundTable()
         self._last: Floats = np.zeros(0)
         self._log: Floats = np.zeros(0)
         self._interval: Floats = np.ones(0)
@@ -184,12 +183,14 @@ class Cadence(Detector):
 
     # -- the columnar path ------------------------------------------------------------------
 
+    @property
+    def _table(self) -> DeviceTable | None:
+        return self._bound.table
+
     def update(self, records: Sequence[Record]) -> list[Transition]:
         if self._table is None:
-            self._bind(DeviceTable())
-            self._own_table = True
-        assert self._table is not None
-        return self.update_columns(Columns.of_reports(_times_of(records), self._table))
+            self._bind(DeviceTable(), own=True)
+        return self.update_columns(columns_without_metrics(records, self._bound.for_records()))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         self._bind(columns.table)
@@ -345,13 +346,9 @@ class Cadence(Detector):
 
     # -- per-slot arrays and their device table ---------------------------------------------
 
-    def _bind(self, table: DeviceTable) -> None:
-        if self._table is table:
-            return
-        if self._table is not None:
-            raise ValueError("this cadence detector keeps its state by another device table")
-        self._table = table
-        self._store_all()
+    def _bind(self, table: DeviceTable, *, own: bool = False) -> None:
+        if self._bound.bind(table, own=own):
+            self._store_all()
 
     def _grow(self, size: int) -> None:
         self._last = grown(self._last, size, 0.0)
@@ -645,8 +642,7 @@ class Cadence(Detector):
         if self._table is not None:
             slot_of = self._table.slot_of
             self._mode[[slot_of[ref] for ref in gone if ref in slot_of]] = _OTHER
-            if self._own_table:
-                self._table.release(device_ids)
+        self._bound.release(device_ids)
         self.heap_ = [e for e in self.heap_ if e[1].device_id not in device_ids]
         heapq.heapify(self.heap_)
         self._zones = None

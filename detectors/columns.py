@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from typing import TypeVar, overload
 
 import numpy as np
@@ -30,18 +31,55 @@ Bools = npt.NDArray[np.bool_]
 NO_SEQ = -1  # a record without `seq` (a decoded seq is never negative)
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class KeySpace:
+    """A producer's devices, numbered (the simulator's fleet): by number, each one's
+    DeviceRef, info object and that object's `id()`. One space serves all of a producer's
+    reports, so a table maps its numbers to slots once, not a DeviceRef per row."""
+
+    refs: Sequence[DeviceRef]
+    infos: Sequence[Mapping[str, str]]
+    info_ids: Ints
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Each row's number in `space` (-1: a row the producer did not number, whose device
+    and info are only in the reports' own columns)."""
+
+    space: KeySpace
+    rows: Ints
+
+
 class DeviceTable:
     """A slot (a small int) per device, for per-device state held in arrays.
 
     Slots of forgotten devices are reused: the table never holds more slots than devices
-    live at once, however many ids an attacker makes up over time."""
+    live at once, however many ids an attacker makes up over time. Each slot's kind is
+    kept as a small int too (`kind_codes`, names in `kind_names`), for routing rows by kind
+    without reading a DeviceRef per row."""
 
-    __slots__ = ("_free", "refs", "slot_of")
+    __slots__ = (
+        "_code_of_kind",
+        "_free",
+        "_slot_of_key",
+        "_space",
+        "kind_codes",
+        "kind_names",
+        "refs",
+        "slot_of",
+    )
 
     def __init__(self) -> None:
         self.slot_of: dict[DeviceRef, int] = {}
         self.refs: list[DeviceRef | None] = []  # by slot; None: free
         self._free: list[int] = []
+        self.kind_codes: Ints = np.zeros(0, dtype=np.int64)  # by slot; -1: free
+        self.kind_names: list[str] = []  # by code
+        self._code_of_kind: dict[str, int] = {}
+        # The last key space seen (see `slots_of_reports`), and its numbers' slots (-1: none).
+        self._space: KeySpace | None = None
+        self._slot_of_key: Ints = np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         """The number of slots (free ones too): per-device arrays need this length."""
@@ -56,6 +94,25 @@ class DeviceTable:
                     out[i] = self._assign(refs[i])
         return np.array(out, dtype=np.int64)
 
+    def slots_of_reports(self, reports: Reports) -> Ints:
+        """`slots(reports.refs)`; by the producer's numbers where it gave them."""
+        keys = reports.keys
+        if keys is None:
+            return self.slots(reports.refs)
+        if keys.space is not self._space:
+            self._space = keys.space
+            self._slot_of_key = np.full(len(keys.space.refs), -1, dtype=np.int64)
+        numbered = keys.rows >= 0
+        slots = np.where(numbered, self._slot_of_key[keys.rows], -1)
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            refs = reports.refs
+            got = self.slots([refs[i] for i in missing.tolist()])
+            slots[missing] = got
+            keep = numbered[missing]
+            self._slot_of_key[keys.rows[missing][keep]] = got[keep]
+        return slots
+
     def _assign(self, ref: DeviceRef) -> int:
         slot = self.slot_of.get(ref)  # the same new device twice in one batch
         if slot is not None:
@@ -67,7 +124,16 @@ class DeviceTable:
             slot = len(self.refs)
             self.refs.append(ref)
         self.slot_of[ref] = slot
+        self.kind_codes = grown(self.kind_codes, slot + 1, -1)
+        self.kind_codes[slot] = self._code(ref.kind)
         return slot
+
+    def _code(self, kind: str) -> int:
+        code = self._code_of_kind.get(kind)
+        if code is None:
+            code = self._code_of_kind[kind] = len(self.kind_names)
+            self.kind_names.append(kind)
+        return code
 
     def release(self, device_ids: set[str]) -> list[int]:
         """Free the slots of these device ids; returns them (detectors reset their state)."""
@@ -77,8 +143,18 @@ class DeviceTable:
             assert ref is not None
             del self.slot_of[ref]
             self.refs[slot] = None
+        self.kind_codes[freed] = -1
+        self._slot_of_key[np.isin(self._slot_of_key, freed)] = -1
         self._free += freed
+        if len(self.kind_names) > 2 * len(self.slot_of) + 16:
+            self._recode_kinds()  # kinds of forgotten devices only: names stay bounded
         return freed
+
+    def _recode_kinds(self) -> None:
+        self.kind_names, self._code_of_kind = [], {}
+        self.kind_codes[:] = -1
+        for ref, slot in self.slot_of.items():
+            self.kind_codes[slot] = self._code(ref.kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +178,18 @@ class Reports:
     blocks: tuple[Block, ...]  # rows ascending within each block
     infos: Sequence[Mapping[str, str]]
     given: Sequence[Record] | None = None
+    keys: Keys | None = None  # the producer's numbers for the rows' devices, if it gave them
+
+    def info_ids(self) -> Ints:
+        """Each row's `id(info)`: rows with the same id carry the very same mapping."""
+        if self.keys is None:
+            return _ids(self.infos)
+        rows = self.keys.rows
+        ids = self.keys.space.info_ids[rows]
+        unnumbered = np.flatnonzero(rows < 0)
+        if len(unnumbered):
+            ids[unnumbered] = _ids([self.infos[i] for i in unnumbered.tolist()])
+        return ids
 
     @classmethod
     def of_records(cls, records: Sequence[Record]) -> Reports:
@@ -169,6 +257,7 @@ class Reports:
             if a < b:
                 blocks.append(Block(block.rows[a:b] - lo, block.names, block.values[a:b]))
         given = self.given[lo:hi] if self.given is not None else None
+        keys = self.keys
         return Reports(
             self.refs[lo:hi],
             self.ts[lo:hi],
@@ -176,6 +265,7 @@ class Reports:
             tuple(blocks),
             self.infos[lo:hi],
             given,
+            None if keys is None else Keys(keys.space, keys.rows[lo:hi]),
         )
 
     def select(self, rows: Ints) -> Reports:
@@ -189,14 +279,16 @@ class Reports:
             if keep.any():
                 blocks.append(Block(moved[keep], block.names, block.values[keep]))
         at = rows.tolist()
-        given = list(map(self.given.__getitem__, at)) if self.given is not None else None
+        given = _picked(self.given, at) if self.given is not None else None
+        keys = self.keys
         return Reports(
-            list(map(self.refs.__getitem__, at)),
+            _picked(self.refs, at),
             self.ts[rows],
             self.seq[rows],
             tuple(blocks),
-            list(map(self.infos.__getitem__, at)),
+            _picked(self.infos, at),
             given,
+            None if keys is None else Keys(keys.space, keys.rows[rows]),
         )
 
     @staticmethod
@@ -235,7 +327,33 @@ class Reports:
             blocks,
             infos,
             given,
+            _joined_keys(parts),
         )
+
+
+def _ids(objects: Sequence[object]) -> Ints:
+    return np.fromiter(map(id, objects), dtype=np.int64, count=len(objects))
+
+
+def _joined_keys(parts: Sequence[Reports]) -> Keys | None:
+    """The parts' keys one after the other (parts without: rows not numbered), when they
+    number in one space."""
+    spaces = {id(p.keys.space): p.keys.space for p in parts if p.keys is not None}
+    if len(spaces) != 1:
+        return None
+    (space,) = spaces.values()
+    rows = [
+        p.keys.rows if p.keys is not None else np.full(len(p), -1, dtype=np.int64) for p in parts
+    ]
+    return Keys(space, np.concatenate(rows))
+
+
+_Item = TypeVar("_Item")
+
+
+def _picked(items: Sequence[_Item], at: list[int]) -> Sequence[_Item]:
+    """items[i] for i in `at`, gathered in C (itemgetter of two or more gives a tuple)."""
+    return itemgetter(*at)(items) if len(at) > 1 else [items[i] for i in at]
 
 
 class Rows(Sequence[Record]):
@@ -280,7 +398,7 @@ class Columns:
 
     @classmethod
     def of_reports(cls, reports: Reports, table: DeviceTable) -> Columns:
-        return cls(reports, table, table.slots(reports.refs))
+        return cls(reports, table, table.slots_of_reports(reports))
 
     @property
     def records(self) -> Sequence[Record]:
@@ -316,6 +434,19 @@ class Columns:
                 out[block.rows] = block.values[:, block.names.index(name)]
         return out
 
+    def rows_of_kind(self) -> dict[str, list[int]]:
+        """The rows by device kind, in order."""
+        codes = self.table.kind_codes[self.slots]
+        present = np.flatnonzero(np.bincount(codes)).tolist()
+        names = self.table.kind_names
+        return {names[c]: np.flatnonzero(codes == c).tolist() for c in present}
+
+    def kind_counts(self) -> dict[str, int]:
+        """How many rows of each device kind."""
+        counts = np.bincount(self.table.kind_codes[self.slots])
+        names = self.table.kind_names
+        return {names[c]: int(counts[c]) for c in np.flatnonzero(counts).tolist()}
+
     def select(self, rows: Ints) -> Columns:
         """The given rows (ascending), as a batch of their own."""
         if len(rows) == len(self):
@@ -326,15 +457,75 @@ class Columns:
         """The batch cut into runs of consecutive rows where no device appears twice, in
         order: within a run, per-device updates may be applied to all rows at once."""
         n = len(self.slots)
+        previous = _previous_occurrence(self.slots)
         out = []
         start = 0
-        for i, previous in enumerate(_previous_occurrence(self.slots).tolist()):
-            if previous >= start:  # the device's earlier row is in this run: a new run
+        # Only a device's second row can cut a run: most rows of a batch are first rows.
+        repeats = np.flatnonzero(previous >= 0)
+        for i, before in zip(repeats.tolist(), previous[repeats].tolist(), strict=True):
+            if before >= start:  # the device's earlier row is in this run: a new run
                 out.append(slice(start, i))
                 start = i
         if start < n:
             out.append(slice(start, n))
         return out
+
+
+class BoundTable:
+    """The device table a detector's per-slot arrays are indexed by: the first one it is
+    given (the engine's), or its own for callers of `update(records)`; another is refused."""
+
+    __slots__ = ("own", "table")
+
+    def __init__(self) -> None:
+        self.table: DeviceTable | None = None
+        self.own = False  # made for `update`: the detector frees its slots itself
+
+    def bind(self, table: DeviceTable, *, own: bool = False) -> bool:
+        """Takes `table` if none is bound yet; True then (the detector places any state it
+        holds outside arrays, from a checkpoint, in the new slots)."""
+        if table is self.table:
+            return False
+        if self.table is not None:
+            raise ValueError("this detector's state is indexed by another device table")
+        self.table, self.own = table, own
+        return True
+
+    def for_records(self) -> DeviceTable:
+        """The bound table, or one of the detector's own if none is bound yet."""
+        if self.table is None:
+            self.bind(DeviceTable(), own=True)
+        assert self.table is not None
+        return self.table
+
+    def slot_of(self, device: DeviceRef) -> int | None:
+        return None if self.table is None else self.table.slot_of.get(device)
+
+    def slots_of(self, device_ids: set[str]) -> Ints:
+        """The slots of these device ids (to reset their state before the table frees them)."""
+        found = [] if self.table is None else self.table.slot_of.items()
+        return np.array([s for ref, s in found if ref.device_id in device_ids], dtype=np.int64)
+
+    def release(self, device_ids: set[str]) -> None:
+        """Free these devices' slots if the table is the detector's own (the engine frees
+        its table's slots itself, after every detector forgot them)."""
+        if self.own and self.table is not None:
+            self.table.release(device_ids)
+
+
+def columns_without_metrics(records: Sequence[Record], table: DeviceTable) -> Columns:
+    """`Columns.of` without the metric blocks, for `update(records)` of a detector that reads
+    no metric (building them is most of the cost of `Columns.of`)."""
+    n = len(records)
+    reports = Reports(
+        [r.device for r in records],
+        np.fromiter((r.ts for r in records), dtype=np.float64, count=n),
+        np.fromiter((NO_SEQ if r.seq is None else r.seq for r in records), np.int64, count=n),
+        (),
+        [r.info for r in records],
+        records,
+    )
+    return Columns.of_reports(reports, table)
 
 
 def _previous_occurrence(slots: Ints) -> Ints:

@@ -25,7 +25,6 @@ only a close runs per-device code.
 from __future__ import annotations
 
 import math
-import statistics
 from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -36,7 +35,7 @@ from pydantic import Field
 
 from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
-from detectors.columns import Columns, DeviceTable, Floats, Ints, grown
+from detectors.columns import BoundTable, Columns, DeviceTable, Floats, Ints, grown
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock, forget_devices
@@ -130,6 +129,14 @@ class _Ranked:
         return (at(n // 2 - 1) + at(n // 2)) / 2
 
 
+def _median(values: list[float]) -> float:
+    """`statistics.median` of a non-empty list (the same arithmetic), without its checks:
+    it runs twice per device at every window's close."""
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
+
+
 class _Peers:
     """One zone's (or tenant's) references at a window's close, from its members' log-means,
     window totals, and which of them are established."""
@@ -174,8 +181,7 @@ class PeerDrift(Detector):
         self.window_ = -1  # the stream's current window
         # Each device's open window: its index (NaN: a slot without a device), the sum and
         # the count of its values, by slot of the DeviceTable bound at the first batch.
-        self._table: DeviceTable | None = None
-        self._own_table = False  # made by `update`: this detector releases its slots
+        self._bound = BoundTable()
         self._window: Floats = np.full(0, np.nan)
         self._total: Floats = np.zeros(0)
         self._n: Ints = np.zeros(0, dtype=np.int64)
@@ -183,21 +189,21 @@ class PeerDrift(Detector):
         # A checkpoint's sums, until a table gives the devices slots.
         self._loaded: dict[DeviceRef, _Sums] = {}
 
+    @property
+    def _table(self) -> DeviceTable | None:
+        return self._bound.table
+
     def update(self, records: Sequence[Record]) -> list[Transition]:
         if self._table is None:
             self._bind(DeviceTable(), own=True)
-        assert self._table is not None
-        return self.update_columns(Columns.of(records, self._table))
+        return self.update_columns(Columns.of(records, self._bound.for_records()))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         """Per record, as a loop would: the stream time (the latest ts) moves on; when its
         window passes the current one, that window closes (`_close`); a finite value of
         `metric` from the current window adds to its device's sums, others are late. Between
         two closes the additions are independent of one another: done as arrays."""
-        if self._table is None:
-            self._bind(columns.table, own=False)
-        elif columns.table is not self._table:
-            raise ValueError("peer_drift takes the slots of one DeviceTable, not another's")
+        self._bind(columns.table)
         if not len(columns):
             return []
         ts = columns.ts
@@ -333,16 +339,6 @@ class PeerDrift(Detector):
         p = self.params
         x, weight = point
         finding = self._jump(state, x) or self._slope(state, end, point)
-        evidence: dict[str, EvidenceValue] = {
-            "metric": p.metric,
-            "value": round(mean, 6),
-            "peer_median": round(level, 6),
-            "log_ratio": round(x, 6),
-            "peers": peers,
-            "baseline": f"median of {peers} peers of the {scope}",
-            "history_windows": len(state.history) // 3,
-            "window_s": p.window_s,
-        }
         if finding is None:
             self._remember(state, end, x, weight)
             state.flagged = 0
@@ -361,8 +357,18 @@ class PeerDrift(Detector):
                 return self._clear(ref, state, end, f"new ratio {math.exp(x):.3g} adopted")
             return None
         state.firing = condition
-        evidence.update(detail)
-        evidence["condition"] = condition
+        evidence: dict[str, EvidenceValue] = {
+            "metric": p.metric,
+            "value": round(mean, 6),
+            "peer_median": round(level, 6),
+            "log_ratio": round(x, 6),
+            "peers": peers,
+            "baseline": f"median of {peers} peers of the {scope}",
+            "history_windows": len(state.history) // 3,
+            "window_s": p.window_s,
+            **detail,
+            "condition": condition,
+        }
         summary = (
             f"{p.metric} on {ref.device_id} is {mean:g}, {math.exp(x):.2f}x its peers' median"
             f" {level:g} ({condition}: {detail['reason']})"
@@ -390,8 +396,8 @@ class PeerDrift(Detector):
         if "jump" not in p.checks or len(state.history) // 3 < p.min_history:
             return None
         recent = state.history[1::3].tolist()
-        center = statistics.median(recent)
-        mad = statistics.median(abs(v - center) for v in recent) * _MAD_TO_SIGMA
+        center = _median(recent)
+        mad = _median([abs(v - center) for v in recent]) * _MAD_TO_SIGMA
         scale = max(mad, p.min_noise)
         d = self._side(x - center)
         if d < p.jump or d < p.jump_sigmas * scale:
@@ -459,8 +465,7 @@ class PeerDrift(Detector):
             return
         gone = [s for ref, s in self._table.slot_of.items() if ref.device_id in device_ids]
         self._reset(np.array(gone, dtype=np.int64))
-        if self._own_table:
-            self._table.release(device_ids)
+        self._bound.release(device_ids)
         self._order = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -494,9 +499,9 @@ class PeerDrift(Detector):
             out[ref] = (int(self._window[slot]), float(self._total[slot]), int(self._n[slot]))
         return out
 
-    def _bind(self, table: DeviceTable, own: bool) -> None:
-        self._table, self._own_table = table, own
-        self._restore()
+    def _bind(self, table: DeviceTable, *, own: bool = False) -> None:
+        if self._bound.bind(table, own=own):
+            self._restore()
 
     def _restore(self) -> None:
         """Give a checkpoint's devices their slots and sums."""

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 from detectors.base import Detector, DetectorParams
-from detectors.columns import NO_SEQ, Columns, DeviceTable, Floats, Ints, Reports, grown
+from detectors.columns import BoundTable, Columns, Floats, Ints, columns_without_metrics, grown
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock, forget_devices
@@ -53,63 +53,6 @@ class IdentityParams(DetectorParams):
 
 Objects = npt.NDArray[np.object_]
 _NONE = np.iinfo(np.int64).max  # no row (in the scratch array of first odd rows by slot)
-
-
-class BoundTable:
-    """The device table a detector's per-slot arrays are indexed by: the first one it is
-    given (the engine's), or its own for callers of `update(records)`; another is refused."""
-
-    __slots__ = ("own", "table")
-
-    def __init__(self) -> None:
-        self.table: DeviceTable | None = None
-        self.own = False
-
-    def bind(self, table: DeviceTable) -> DeviceTable:
-        if self.table is None:
-            self.table = table
-        elif table is not self.table:
-            raise ValueError("this detector's state is indexed by another device table")
-        return table
-
-    def for_records(self) -> DeviceTable:
-        if self.table is None:
-            self.table, self.own = DeviceTable(), True
-        return self.table
-
-    def slot_of(self, device: DeviceRef) -> int | None:
-        return None if self.table is None else self.table.slot_of.get(device)
-
-    def slots_of(self, device_ids: set[str]) -> Ints:
-        """The slots of these device ids (to reset their state before the table frees them)."""
-        found = [] if self.table is None else self.table.slot_of.items()
-        return np.array([s for ref, s in found if ref.device_id in device_ids], dtype=np.int64)
-
-    def release(self, device_ids: set[str]) -> None:
-        """Free these devices' slots if the table is the detector's own (the engine frees
-        its table's slots itself, after every detector forgot them)."""
-        if self.own and self.table is not None:
-            self.table.release(device_ids)
-
-
-def columns_of(records: Sequence[Record], table: DeviceTable) -> Columns:
-    """`Columns.of` without the metric blocks, for `update(records)` of a detector that reads
-    no metric (building them is most of the cost of `Columns.of`)."""
-    n = len(records)
-    reports = Reports(
-        [r.device for r in records],
-        np.fromiter((r.ts for r in records), dtype=np.float64, count=n),
-        np.fromiter((NO_SEQ if r.seq is None else r.seq for r in records), np.int64, count=n),
-        (),
-        [r.info for r in records],
-        records,
-    )
-    return Columns.of_reports(reports, table)
-
-
-def info_ids(columns: Columns) -> Ints:
-    """Each row's `id(info)`: rows with the same id carry the very same mapping."""
-    return np.fromiter(map(id, columns.infos), dtype=np.int64, count=len(columns))
 
 
 class _Device:
@@ -158,13 +101,14 @@ class Identity(Detector):
     def update(self, records: Sequence[Record]) -> list[Transition]:
         if not records:
             return []
-        return self.update_columns(columns_of(records, self._table.for_records()))
+        return self.update_columns(columns_without_metrics(records, self._table.for_records()))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         """The per-record rules on the rows that are not plain (see `_plain_info`). Rows of
         different devices interact only through the stream time and the campaign verdicts,
         so the batch is cut where a verdict is due; in between, a plain row only counts."""
-        table = self._table.bind(columns.table)
+        self._table.bind(columns.table)
+        table = columns.table
         n = len(columns)
         if n == 0:
             return []
@@ -175,7 +119,7 @@ class Identity(Detector):
         self._scratch = grown(self._scratch, size, _NONE)
         # The stream time as of each row (fmax: a NaN time leaves it as it is, like `>`).
         now = np.fmax.accumulate(np.fmax(columns.ts, self.clock_.now))
-        ids = info_ids(columns)
+        ids = columns.reports.info_ids()
         window = self.params.campaign_window_s
         changes: list[Transition] = []
         pos = 0

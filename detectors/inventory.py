@@ -19,8 +19,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from detectors.base import Detector, DetectorParams
-from detectors.columns import Bools, Columns, grown
-from detectors.identity import BoundTable, columns_of
+from detectors.columns import Bools, BoundTable, Columns, columns_without_metrics, grown
 from detectors.model import DeviceRef, Record, Transition
 from detectors.registry import register
 from detectors.streams import StreamClock
@@ -80,13 +79,14 @@ class Inventory(Detector):
     def update(self, records: Sequence[Record]) -> list[Transition]:
         if not records:
             return []
-        return self.update_columns(columns_of(records, self._table.for_records()))
+        return self.update_columns(columns_without_metrics(records, self._table.for_records()))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         """Only a row whose device is not settled (known or enrolled) can raise or learn; the
         others change nothing but the clock, whose only other effect is clearing alerts due
         (`now - oldest raise >= hold_s`, tested on the clock's column)."""
-        table = self._table.bind(columns.table)
+        self._table.bind(columns.table)
+        table = columns.table
         n = len(columns)
         if n == 0:
             return []

@@ -33,6 +33,10 @@ class Admission:
     firing: bool = False
     last_refusal: float = 0.0
     _reported: int = 0  # `refused` at the previous call of `transitions`
+    # `knows_all`'s memory: a set found all known (ids are never forgotten, so it stays so),
+    # and how many ids were known when another set was found not to be.
+    _all_known: frozenset[str] = frozenset()
+    _short_at: tuple[frozenset[str], int] | None = None
 
     def admit(self, device_id: str) -> bool:
         if device_id in self.known:
@@ -43,6 +47,21 @@ class Admission:
         self.refused += 1
         if len(self.samples) < SAMPLES:
             self.samples.append(device_id[:64])
+        return False
+
+    def knows_all(self, ids: frozenset[str]) -> bool:
+        """Whether every id of `ids` (a producer's whole fleet, handed over with each run of
+        its reports) was admitted already. Free once true for that very set; rechecked only
+        after new ids came in."""
+        if ids is self._all_known:
+            return True
+        short = self._short_at
+        if short is not None and short[0] is ids and short[1] == len(self.known):
+            return False
+        if self.known.issuperset(ids):
+            self._all_known = ids
+            return True
+        self._short_at = (ids, len(self.known))
         return False
 
     def transitions(self, now: float) -> list[Transition]:

@@ -142,6 +142,15 @@ class Engine:
             return self.process_reports(Reports.of_records(records), commands)
         return self._process([r.device for r in records], records, None, commands)
 
+    @property
+    def takes_columns(self) -> bool:
+        """Whether some detector takes batches as columns (see `columns_of`)."""
+        return self._by_columns
+
+    def columns_of(self, reports: Reports) -> Columns:
+        """Reports as columns on this engine's device table, for `process_columns`."""
+        return Columns.of_reports(reports, self.table)
+
     def process_reports(
         self, reports: Reports, commands: Sequence[CommandRecord] = ()
     ) -> list[tuple[AlertSource, list[Transition]]]:
@@ -149,8 +158,15 @@ class Engine:
         made only for the detectors that need them."""
         if not self._by_columns or not len(reports):
             return self._process(reports.refs, list(Rows(reports)), None, commands)
-        columns = Columns.of_reports(reports, self.table)
-        return self._process(reports.refs, columns.records, columns, commands)
+        return self.process_columns(self.columns_of(reports), commands)
+
+    def process_columns(
+        self, columns: Columns, commands: Sequence[CommandRecord] = ()
+    ) -> list[tuple[AlertSource, list[Transition]]]:
+        """`process_reports` for reports already given slots (`columns_of`)."""
+        if columns.table is not self.table:
+            raise ValueError("columns of another engine's device table")
+        return self._process(columns.reports.refs, columns.records, columns, commands)
 
     def _process(
         self,
@@ -160,8 +176,11 @@ class Engine:
         commands: Sequence[CommandRecord],
     ) -> list[tuple[AlertSource, list[Transition]]]:
         self._scores = []  # never more than one batch's worth held
-        kinds = np.array(list(map(_KIND, refs)), dtype=object)
-        rows_of_kind = {k: np.flatnonzero(kinds == k).tolist() for k in set(kinds.tolist())}
+        if columns is None:
+            kinds = np.array(list(map(_KIND, refs)), dtype=object)
+            rows_of_kind = {k: np.flatnonzero(kinds == k).tolist() for k in set(kinds.tolist())}
+        else:
+            rows_of_kind = columns.rows_of_kind()
         if any(inst.models for inst in self.instances):
             self._learn_models(refs, columns.infos if columns else [r.info for r in records])
         elif self._model_of:

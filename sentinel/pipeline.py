@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from detectors.columns import Reports, Rows
+from detectors.columns import Columns, Reports, Rows
 from detectors.model import CommandRecord, Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
@@ -31,7 +31,6 @@ log = structlog.get_logger(__name__)
 
 # A DeviceRef's fields by position: a tuple index, not the NamedTuple's property.
 _device_id = itemgetter(3)
-_kind = itemgetter(2)
 
 
 class ReportRun(Protocol):
@@ -42,6 +41,9 @@ class ReportRun(Protocol):
 
     @property
     def reports(self) -> Reports: ...
+
+    @property
+    def senders(self) -> frozenset[str]: ...
 
 
 class LineSink(Protocol):
@@ -111,9 +113,11 @@ class Pipeline:
                 commands.append(out)
             else:
                 statuses.append(out)
-        telemetry: Sequence[Record] | Reports = records
+        telemetry: Sequence[Record] | Columns = records
         if parts:
-            telemetry = Reports.join([*parts, Reports.of_records(records)] if records else parts)
+            joined = Reports.join([*parts, Reports.of_records(records)] if records else parts)
+            # Slots given once: they route rows to detectors and count them by kind.
+            telemetry = self.engine.columns_of(joined)
         self._count(telemetry, statuses, rejected, received)
         self.accepted += len(commands)
         changed = await self.ingest(telemetry, statuses, now, commands)
@@ -126,6 +130,8 @@ class Pipeline:
     def _admit_run(self, run: ReportRun, now: float, rejected: Counter[str]) -> Reports:
         """A run's reports whose devices are admitted; the others dead letters."""
         reports = run.reports
+        if self.admission.knows_all(run.senders):
+            return reports
         if self.admission.known.issuperset(map(_device_id, reports.refs)):
             return reports
         kept = []
@@ -154,7 +160,7 @@ class Pipeline:
 
     async def ingest(
         self,
-        records: Sequence[Record] | Reports,
+        records: Sequence[Record] | Reports | Columns,
         statuses: Sequence[StatusRecord] = (),
         now: float | None = None,
         commands: Sequence[CommandRecord] = (),
@@ -162,12 +168,15 @@ class Pipeline:
         """Store and score records that are already valid: decoded telemetry (or reports as
         columns), or features derived from traffic (sentinel.traffic) that enter the engine
         like any telemetry."""
-        rows = Rows(records) if isinstance(records, Reports) else records
+        rows = records.records if isinstance(records, Columns) else records
+        rows = Rows(rows) if isinstance(rows, Reports) else rows
         # Store before scoring: a detector failure must not cost the data.
         if self.store is not None and (rows or statuses or commands):
             await self.store.put(lines_for([*rows, *statuses, *commands]))
         changed: list[Alert] = []
-        if isinstance(records, Reports):
+        if isinstance(records, Columns):
+            results = self.engine.process_columns(records, commands)
+        elif isinstance(records, Reports):
             results = self.engine.process_reports(records, commands)
         else:
             results = self.engine.process(records, commands)
@@ -209,7 +218,7 @@ class Pipeline:
 
     def _count(
         self,
-        records: Sequence[Record] | Reports,
+        records: Sequence[Record] | Columns,
         statuses: list[StatusRecord],
         rejected: Counter[str],
         received: int,
@@ -217,8 +226,11 @@ class Pipeline:
         # One metric update per label per batch, not per message.
         m = self.metrics
         m.messages_received.labels("mqtt").inc(received)
-        refs = records.refs if isinstance(records, Reports) else [r.device for r in records]
-        for kind, n in Counter(map(_kind, refs)).items():
+        if isinstance(records, Columns):
+            by_kind = records.kind_counts()
+        else:
+            by_kind = Counter(r.device.kind for r in records)
+        for kind, n in by_kind.items():
             m.records_accepted.labels(kind).inc(n)
         for reason, n in rejected.items():
             m.rejects.labels(reason).inc(n)

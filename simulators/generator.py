@@ -19,7 +19,7 @@ from typing import Literal, overload
 
 import numpy as np
 
-from detectors.columns import Block, Reports
+from detectors.columns import Block, Keys, KeySpace, Reports
 from detectors.model import DeviceRef
 from simulators import network, noise, sun
 from simulators.anomalies import Anomaly, AnomalySpec, Metrics
@@ -109,18 +109,27 @@ class _Batch:
         out += payloads[done:]
         return np.array(at, dtype=np.int64), out
 
-    def decoded_stream(self, sent: np.ndarray, topics: list[str], ids: list[str]) -> list[Item]:
-        """The batch when `decoded`, in stream order: runs of plain reports, and the messages
-        of the positions effects touched (a dropped report publishes nothing, an effect's
-        extras follow their report)."""
+    def decoded_stream(
+        self, sent: np.ndarray, topics: list[str], ids: list[str], fleet: _Numbered
+    ) -> list[Item]:
+        """The batch when `decoded`, in stream order: runs of plain reports (their devices
+        numbered by fleet index), and the messages of the positions effects touched (a
+        dropped report publishes nothing, an effect's extras follow their report)."""
         reports = Reports(
-            self.refs.tolist(), self.device_ts, self.seq, tuple(self.blocks), self.infos.tolist()
+            self.refs.tolist(),
+            self.device_ts,
+            self.seq,
+            tuple(self.blocks),
+            self.infos.tolist(),
+            keys=Keys(fleet.space, self.devices),
         )
         out: list[Item] = []
         done = 0
         for pos in [*sorted(self.touched), len(sent)]:
             if pos > done:
-                out.append(Run(sent[done:pos], topics[done:pos], reports.slice(done, pos)))
+                part = reports.slice(done, pos)
+                run = Run(sent[done:pos], topics[done:pos], part, fleet.device_ids)
+                out.append(run)
             if pos == len(sent):
                 break
             ts = float(sent[pos])
@@ -322,6 +331,7 @@ def _batches(
     groups, group_of, row_of = _groups(fleet.devices, seed)
     topics = np.array([topic(prefix, d, "telemetry") for d in fleet], dtype=object)
     ids = np.array([d.device_id for d in fleet], dtype=object)
+    numbered = _numbered(groups, group_of) if decoded else None
     start_ms, end_ms = math.ceil(start_ts * 1000), math.ceil(end_ts * 1000)
     first_report = schedule.first_report_at_or_after(start_ms)
 
@@ -349,7 +359,8 @@ def _batches(
         messages: Iterable[Item]
         if decoded:
             on, by = topics[devices].tolist(), ids[devices].tolist()
-            messages = batch.decoded_stream(times_ms / 1000, on, by)
+            assert numbered is not None
+            messages = batch.decoded_stream(times_ms / 1000, on, by, numbered)
         else:  # every payload is bytes
             at, payloads = batch.stream()
             senders = devices[at]
@@ -365,6 +376,25 @@ def _batches(
 
 
 _sent_at = attrgetter("ts")
+
+
+@dataclass(frozen=True, slots=True)
+class _Numbered:
+    """The fleet by index, as decoded runs name their devices (see `Keys`), and its ids."""
+
+    space: KeySpace
+    device_ids: frozenset[str]
+
+
+def _numbered(groups: list[_Group], group_of: np.ndarray) -> _Numbered:
+    refs, infos = np.empty(len(group_of), dtype=object), np.empty(len(group_of), dtype=object)
+    for g, group in enumerate(groups):
+        members = np.flatnonzero(group_of == g)  # in row order (see `_groups`)
+        refs[members], infos[members] = group.refs, group.infos
+    by_index: list[Mapping[str, str]] = infos.tolist()
+    ids = np.array([id(info) for info in by_index], dtype=np.int64)
+    space = KeySpace(refs.tolist(), by_index, ids)
+    return _Numbered(space, frozenset(ref.device_id for ref in space.refs))
 
 
 def _groups(devices: Sequence[Device], seed: int) -> tuple[list[_Group], np.ndarray, np.ndarray]:

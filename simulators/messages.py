@@ -42,11 +42,14 @@ class Run:
     over as columns (`generate(..., decoded=True)`): `reports` is what the agent's decoder
     makes of the payloads they would carry, which are never written
     (tests/test_generator_decoded.py checks it row by row); `sent` is when each is sent (as a
-    Message's `ts`) and `topics` where."""
+    Message's `ts`) and `topics` where. `senders` is every device id the run's producer
+    may send as (one set shared by all its runs): the agent admits a run at once when it
+    knows them all."""
 
     sent: npt.NDArray[np.float64]
     topics: Sequence[str]
     reports: Reports
+    senders: frozenset[str]
 
     @property
     def ts(self) -> float:
@@ -66,7 +69,7 @@ class Run:
         return int(np.searchsorted(self.sent, ts, side="left"))
 
     def _rows(self, lo: int, hi: int) -> Run:
-        return Run(self.sent[lo:hi], self.topics[lo:hi], self.reports.slice(lo, hi))
+        return Run(self.sent[lo:hi], self.topics[lo:hi], self.reports.slice(lo, hi), self.senders)
 
 
 _Item = TypeVar("_Item", bound="Message | Run")

@@ -26,3 +26,27 @@ def test_sample_ids_are_truncated() -> None:
     gate.admit("x" * 10_000)
     (t,) = gate.transitions(now=0.0)
     assert t.evidence["sample_ids"] == "x" * 64
+
+
+def test_knows_all_follows_the_ids_admitted_so_far() -> None:
+    gate = Admission(max_devices=10)
+    fleet = frozenset({"a", "b", "c"})
+    assert not gate.knows_all(fleet)
+    gate.admit("a")
+    gate.admit("b")
+    assert not gate.knows_all(fleet)  # asked again with no new id: still short
+    gate.admit("x")
+    assert not gate.knows_all(fleet)  # a new id, but not the missing one
+    gate.admit("c")
+    assert gate.knows_all(fleet)
+    assert gate.knows_all(fleet)
+    assert not gate.knows_all(frozenset({"a", "d"}))  # another set is checked on its own
+    assert gate.knows_all(frozenset())
+
+
+def test_knows_all_is_false_for_ids_the_cap_refused() -> None:
+    gate = Admission(max_devices=2)
+    fleet = frozenset({"a", "b", "c"})
+    for device_id in sorted(fleet):
+        gate.admit(device_id)
+    assert not gate.knows_all(fleet)

@@ -6,11 +6,12 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from detectors.columns import NO_SEQ, Columns, DeviceTable
+from detectors.columns import NO_SEQ, Columns, DeviceTable, Keys, KeySpace, Reports
 from detectors.model import DeviceRef, Record
 from detectors.threshold import ThresholdParams, ThresholdRule
 
@@ -58,6 +59,61 @@ def test_select_keeps_the_chosen_rows_in_order_with_their_metrics() -> None:
     assert columns.select(np.arange(200, dtype=np.int64)) is columns
 
 
+def _space() -> KeySpace:
+    """REFS numbered by index, each device with one info object."""
+    infos = [{"client_id": ref.device_id} for ref in REFS]
+    return KeySpace(REFS, infos, np.array([id(i) for i in infos], dtype=np.int64))
+
+
+def _numbered(
+    rng: random.Random, n: int, space: KeySpace | None = None
+) -> tuple[Reports, list[Record]]:
+    """Reports whose devices a producer numbered, as the simulator hands them over; and the
+    records they hold."""
+    space = _space() if space is None else space
+    keys = [rng.randrange(len(REFS)) for _ in range(n)]
+    records = [
+        replace(r, device=REFS[k], info=space.infos[k])
+        for r, k in zip(_stream(rng, n), keys, strict=True)
+    ]
+    made = Reports.of_records(records)
+    return replace(made, given=None, keys=Keys(space, np.array(keys, dtype=np.int64))), records
+
+
+def test_numbered_reports_keep_their_numbers_through_slices_selections_and_joins() -> None:
+    rng = random.Random(3)
+    reports, records = _numbered(rng, 60)
+    assert reports.info_ids().tolist() == [id(r.info) for r in records]
+    rows = np.array(sorted(rng.sample(range(60), 25)), dtype=np.int64)
+    unnumbered = Reports.of_records([replace(r, info=dict(r.info)) for r in records[:5]])
+    parts = [reports.slice(0, 20), reports.select(rows), unnumbered, reports.slice(40, 60)]
+    joined = Reports.join(parts)
+    for part in [*parts[:2], joined]:
+        assert part.keys is not None
+        space = part.keys.space
+        numbered = [i for i, k in enumerate(part.keys.rows.tolist()) if k >= 0]
+        assert [space.refs[part.keys.rows[i]] for i in numbered] == [part.refs[i] for i in numbered]
+        assert part.info_ids().tolist() == [id(info) for info in part.infos]
+    assert joined.keys is not None
+    assert joined.keys.rows[45:50].tolist() == [-1] * 5  # the unnumbered part's rows
+    other, _ = _numbered(rng, 10)
+    assert Reports.join([reports, other]).keys is None  # two spaces: no numbers
+
+
+def test_numbered_slots_are_the_slots_of_the_refs_through_releases() -> None:
+    rng = random.Random(5)
+    table, by_refs, space = DeviceTable(), DeviceTable(), _space()
+    for step in range(6):
+        reports, _ = _numbered(rng, 40, space)
+        if step % 2:  # some rows come unnumbered, as decoded messages do
+            reports = Reports.join([reports, Reports.of_records(_stream(rng, 7))])
+        got = Columns.of_reports(reports, table).slots
+        assert [table.refs[s] for s in got.tolist()] == list(reports.refs)
+        assert got.tolist() == by_refs.slots(reports.refs).tolist()  # same order of arrival
+        gone = {f"d{rng.randrange(len(REFS))}" for _ in range(3)}
+        assert sorted(table.release(gone)) == sorted(by_refs.release(gone))
+
+
 @pytest.mark.parametrize("devices", [1, 3, 12])
 def test_segments_are_the_longest_runs_without_a_device_twice(devices: int) -> None:
     rng = random.Random(devices)
@@ -86,6 +142,32 @@ def test_a_released_slot_is_reused_and_nothing_else_moves() -> None:
     assert again[2] == 6
     assert len(table) == 7
     assert table.slots(REFS[:1]).tolist() == [0]
+
+
+def _kinds_by_slot(table: DeviceTable, refs: list[DeviceRef]) -> list[str]:
+    slots = table.slots(refs)
+    return [table.kind_names[c] for c in table.kind_codes[slots].tolist()]
+
+
+def test_each_slot_knows_its_kind_through_reuse_and_recoding() -> None:
+    table = DeviceTable()
+    assert _kinds_by_slot(table, REFS) == [r.kind for r in REFS]
+    # Many made-up kinds, then forgotten: the names are recoded to the live devices' kinds.
+    odd = [DeviceRef("t", "z", f"kind{i}", f"x{i}") for i in range(100)]
+    assert _kinds_by_slot(table, odd) == [r.kind for r in odd]
+    table.release({r.device_id for r in odd})
+    assert sorted(table.kind_names) == ["lighting", "video"]
+    assert table.kind_codes[len(REFS) : len(table)].tolist() == [-1] * len(odd)  # free slots
+    newcomers = [DeviceRef("t", "z", "mobility", f"m{i}") for i in range(3)]
+    assert _kinds_by_slot(table, [*newcomers, *REFS]) == [r.kind for r in [*newcomers, *REFS]]
+    records = _stream(random.Random(4), 50)
+    records[7] = replace(records[7], device=newcomers[1])
+    columns = Columns.of(records, table)
+    rows: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        rows.setdefault(record.device.kind, []).append(i)
+    assert columns.rows_of_kind() == rows
+    assert columns.kind_counts() == {kind: len(at) for kind, at in rows.items()}
 
 
 def _rule(**params: object) -> ThresholdRule:

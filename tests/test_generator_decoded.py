@@ -3,15 +3,16 @@ written stream as the agent's decoder reads it, report by report, for every scen
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from detectors.columns import Rows
-from detectors.model import Record
+from detectors.model import KINDS, Record
 from sentinel.agent import build_decoder
 from sentinel.config import load_config
-from sentinel.evaluation.runner import run_scenario
+from sentinel.evaluation.runner import build_pipeline, feed, run_scenario, stream_items
 from simulators.generator import generate
 from simulators.messages import Message, Run
 from simulators.scenario import library, load_scenario
@@ -30,6 +31,12 @@ def _streams(name: str) -> tuple[list[Message], list[Message | tuple[float, str,
     decoded: list[Message | tuple[float, str, Record]] = []
     for item in generate(*args, topic_prefix=prefix, plan=plan, decoded=True):
         if isinstance(item, Run):
+            assert {ref.device_id for ref in item.reports.refs} <= item.senders
+            keys = item.reports.keys
+            assert keys is not None
+            assert [keys.space.refs[k] for k in keys.rows.tolist()] == list(item.reports.refs)
+            assert [keys.space.infos[k] for k in keys.rows.tolist()] == list(item.reports.infos)
+            assert item.reports.info_ids().tolist() == [id(info) for info in item.reports.infos]
             records = Rows(item.reports)
             decoded += zip(item.sent.tolist(), item.topics, records, strict=True)
         else:
@@ -66,3 +73,35 @@ def test_eval_gives_the_same_alerts_decoded_or_through_the_wire() -> None:
         assert fast.rejected == wire.rejected
         assert fast.alerts == wire.alerts
         assert fast.alerts  # each scenario's attack is seen
+
+
+def test_devices_beyond_the_cap_are_refused_alike_decoded_or_through_the_wire() -> None:
+    cfg = load_config(EVAL_CONFIG)
+    cfg = cfg.model_copy(
+        update={"validation": cfg.validation.model_copy(update={"max_devices": 30})}
+    )
+    scenario = load_scenario("telemetry-tampering")
+    fast = run_scenario(scenario, cfg, devices=40, days=0.1)
+    wire = run_scenario(scenario, cfg, devices=40, days=0.1, wire=True)
+    assert fast.rejected["device_cap"] > 0
+    assert fast.rejected == wire.rejected
+    assert fast.alerts == wire.alerts
+
+
+def test_the_pipeline_counts_decoded_runs_by_kind_as_it_counts_payloads() -> None:
+    cfg = load_config(EVAL_CONFIG)
+    run = prepare(load_scenario("telemetry-tampering"), devices=40, days=0.1)
+    counts = []
+    for wire in (False, True):
+        pipeline = build_pipeline(cfg)
+        items = stream_items(run, broker=False, wire=wire)
+        asyncio.run(feed(pipeline, items, cfg.pipeline.batch_max))
+        registry = pipeline.metrics.registry
+        counts.append(
+            {
+                kind: registry.get_sample_value("sentinel_records_accepted_total", {"kind": kind})
+                for kind in KINDS
+            }
+        )
+    assert counts[0] == counts[1]
+    assert all(counts[0].values())  # every kind counted
