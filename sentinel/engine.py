@@ -142,11 +142,6 @@ class Engine:
             return self.process_reports(Reports.of_records(records), commands)
         return self._process([r.device for r in records], records, None, commands)
 
-    @property
-    def takes_columns(self) -> bool:
-        """Whether some detector takes batches as columns (see `columns_of`)."""
-        return self._by_columns
-
     def columns_of(self, reports: Reports) -> Columns:
         """Reports as columns on this engine's device table, for `process_columns`."""
         return Columns.of_reports(reports, self.table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from detectors.columns import Reports
 from detectors.model import DeviceRef, Record
 from sentinel.config import Config
 from sentinel.engine import Engine, build_instances
@@ -34,6 +35,21 @@ def test_each_group_gets_its_own_parameters() -> None:
     ]
     fired = {(source.name, t.device.zone) for source, ts in engine.process(records) for t in ts}
     assert fired == {("upload-elsewhere", "vaise"), ("upload-elsewhere", "presquile")}
+
+
+def test_columns_route_rows_by_kind_as_records_do() -> None:
+    cfg = Config(detectors=[rule("upload", 15_000)])
+    by_records, by_columns = (Engine(build_instances(cfg.detectors)) for _ in range(2))
+    records = [
+        Record(DeviceRef("lyon", "vaise", kind, f"{kind}-{i}"), float(i), {"upload_kbps": 20_000})
+        for i, kind in enumerate(["video", "lighting", "video", "mobility", "video"])
+    ]
+    columns = by_columns.columns_of(Reports.of_records(records))
+    fired = by_columns.process_columns(columns)
+    assert fired == by_records.process(records)
+    assert [t.device.device_id for _, ts in fired for t in ts] == ["video-0", "video-2", "video-4"]
+    with pytest.raises(ValueError, match="another engine"):
+        by_records.process_columns(columns)
 
 
 def test_a_group_must_be_made_of_topic_slugs() -> None:
