@@ -38,18 +38,10 @@ from pydantic import Field, model_validator
 
 from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
-from detectors.columns import (
-    Bools,
-    BoundTable,
-    Columns,
-    DeviceTable,
-    Floats,
-    Ints,
-    columns_without_metrics,
-    grown,
-)
+from detectors.columns import Columns, columns_without_metrics
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
+from detectors.slots import Bools, BoundTable, DeviceTable, Floats, Ints, grown
 from detectors.streams import StreamClock
 
 _CLIP = math.log(3.0)  # a gap counts as at most 3 intervals

@@ -35,9 +35,10 @@ from pydantic import Field
 
 from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
-from detectors.columns import BoundTable, Columns, DeviceTable, Floats, Ints, grown
+from detectors.columns import Columns
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
+from detectors.slots import BoundTable, DeviceTable, Floats, Ints, grown
 from detectors.streams import StreamClock, forget_devices
 
 _MAD_TO_SIGMA = 1.4826

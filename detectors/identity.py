@@ -28,9 +28,10 @@ import numpy.typing as npt
 from pydantic import Field
 
 from detectors.base import Detector, DetectorParams
-from detectors.columns import BoundTable, Columns, Floats, Ints, columns_without_metrics, grown
+from detectors.columns import Columns, columns_without_metrics
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
+from detectors.slots import BoundTable, Floats, Ints, grown
 from detectors.streams import StreamClock, forget_devices
 
 InfoField = Literal["client_id", "src_ip", "firmware", "config_hash", "model"]

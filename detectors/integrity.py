@@ -31,9 +31,10 @@ from pydantic import Field, field_validator
 
 from detectors import state as state_codec
 from detectors.base import Detector, DetectorParams
-from detectors.columns import NO_SEQ, Bools, Columns, DeviceTable, Floats, Ints, grown
+from detectors.columns import NO_SEQ, Columns
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
+from detectors.slots import Bools, DeviceTable, Floats, Ints, grown
 from detectors.streams import StreamClock
 
 _HUGE = 1e18

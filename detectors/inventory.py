@@ -19,9 +19,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from detectors.base import Detector, DetectorParams
-from detectors.columns import Bools, BoundTable, Columns, columns_without_metrics, grown
+from detectors.columns import Columns, columns_without_metrics
 from detectors.model import DeviceRef, Record, Transition
 from detectors.registry import register
+from detectors.slots import Bools, BoundTable, grown
 from detectors.streams import StreamClock
 
 _MAX_INVENTORY = 1_000_000

@@ -10,8 +10,9 @@ import numpy as np
 
 from detectors import registry
 from detectors.base import Detector, ScoringDetector, Verdict
-from detectors.columns import Columns, DeviceTable, Reports, Rows
+from detectors.columns import Columns, Reports, Rows
 from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
+from detectors.slots import DeviceTable
 from sentinel.alerting.alerts import AlertSource, alertname_for
 from sentinel.config import DetectorConfig
 

@@ -19,8 +19,9 @@ from typing import Literal, overload
 
 import numpy as np
 
-from detectors.columns import Block, Keys, KeySpace, Reports
+from detectors.columns import Block, Keys, Reports
 from detectors.model import DeviceRef
+from detectors.slots import KeySpace
 from simulators import network, noise, sun
 from simulators.anomalies import Anomaly, AnomalySpec, Metrics
 from simulators.effects import EMPTY_PLAN, Effect, LegacyAnomaly, Report, StreamPlan

@@ -11,8 +11,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from detectors.columns import NO_SEQ, Columns, DeviceTable, Keys, KeySpace, Reports
+from detectors.columns import NO_SEQ, Columns, Keys, Reports
 from detectors.model import DeviceRef, Record
+from detectors.slots import DeviceTable, KeySpace
 from detectors.threshold import ThresholdParams, ThresholdRule
 
 REFS = [DeviceRef("t", f"z{i % 3}", ("video", "lighting")[i % 2], f"d{i}") for i in range(12)]

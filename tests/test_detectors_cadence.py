@@ -9,8 +9,9 @@ from pydantic import ValidationError
 
 from detectors import registry
 from detectors.cadence import Cadence, CadenceParams, _Plan
-from detectors.columns import Columns, DeviceTable, Floats, Ints
+from detectors.columns import Columns
 from detectors.model import DeviceRef, Record, Transition
+from detectors.slots import DeviceTable, Floats, Ints
 
 T0 = 1_700_000_000.0
 CAM = DeviceRef("lyon", "gerland", "video", "cam-1")

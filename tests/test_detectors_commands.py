@@ -7,9 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from detectors import registry
-from detectors.columns import Columns, DeviceTable
+from detectors.columns import Columns
 from detectors.commands import Commands
 from detectors.model import CommandConsumer, CommandRecord, DeviceRef, Record, Transition
+from detectors.slots import DeviceTable
 from sentinel.alerting.alerts import AlertBook
 from sentinel.config import DetectorConfig, ValidationConfig
 from sentinel.deadletter import DeadLetters

@@ -12,9 +12,10 @@ import pytest
 from detectors import registry
 from detectors import state as state_codec
 from detectors.base import Detector
-from detectors.columns import Columns, DeviceTable
+from detectors.columns import Columns
 from detectors.drift import _Peers
 from detectors.model import DeviceRef, Record, Transition
+from detectors.slots import DeviceTable
 
 T0 = 1_700_000_000.0
 CAMS = [DeviceRef("lyon", "gerland", "video", f"cam-{i}") for i in range(4)]

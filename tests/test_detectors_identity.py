@@ -10,9 +10,10 @@ import pytest
 
 from detectors import registry
 from detectors.base import Detector
-from detectors.columns import Columns, DeviceTable, Reports
+from detectors.columns import Columns, Reports
 from detectors.identity import Identity
 from detectors.model import DeviceRef, Record, Transition
+from detectors.slots import DeviceTable
 
 T0 = 1_700_000_000.0
 CAMS = [DeviceRef("villeurbanne", "gratte-ciel", "video", f"cam-{i}") for i in range(6)]

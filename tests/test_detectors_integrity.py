@@ -8,9 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from detectors import registry
-from detectors.columns import Columns, DeviceTable
+from detectors.columns import Columns
 from detectors.integrity import Integrity, IntegrityParams
 from detectors.model import DeviceRef, Record, Transition
+from detectors.slots import DeviceTable
 
 T0 = 1_700_000_000.0
 TC = DeviceRef("lyon", "part-dieu", "mobility", "tc-1")
