@@ -34,7 +34,7 @@ from detectors.base import Detector, DetectorParams
 from detectors.columns import NO_SEQ, Columns
 from detectors.model import DeviceRef, EvidenceValue, Record, Transition
 from detectors.registry import register
-from detectors.slots import Bools, DeviceTable, Floats, Ints, grown
+from detectors.slots import Bools, BoundTable, DeviceTable, Floats, Ints, grown
 from detectors.streams import StreamClock
 
 _HUGE = 1e18
@@ -137,8 +137,7 @@ class Integrity(Detector):
         self.clock_ = StreamClock()
         # The devices' slots: the engine's table (bound on the first batch), or one of our
         # own for callers of `update` outside an engine.
-        self._table: DeviceTable | None = None
-        self._own_table = False
+        self._bound = BoundTable()
         self._empty()
 
     def _empty(self) -> None:
@@ -157,9 +156,7 @@ class Integrity(Detector):
         self._stuck_changes: Floats = np.zeros((0, k))
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
-        if self._table is None:
-            self._table, self._own_table = DeviceTable(), True
-        return self.update_columns(Columns.of(records, self._table))
+        return self.update_columns(Columns.of(records, self._bound.for_records()))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         """Most reports are plain: a known device that is not firing, the next seq, time not
@@ -402,15 +399,17 @@ class Integrity(Detector):
         self._stuck_run = _grown_rows(self._stuck_run, len(self._known), 0.0)
         self._stuck_changes = _grown_rows(self._stuck_changes, len(self._known), 0.0)
 
+    @property
+    def _table(self) -> DeviceTable | None:
+        return self._bound.table
+
     def _bind(self, table: DeviceTable) -> None:
         """Takes the engine's table on the first batch; a state held in a table of our own
         (loaded from a checkpoint, or fed by `update`) moves into it, slot by slot."""
         if table is self._table:
             return
-        if self._table is not None and not self._own_table:
-            raise ValueError("an integrity detector takes the slots of one device table only")
         views = self._views()
-        self._table, self._own_table = table, False
+        self._bound.bind(table, over_own=True)
         self._put(views)
 
     def _views(self) -> dict[DeviceRef, _Device]:
@@ -444,8 +443,7 @@ class Integrity(Detector):
         slots = [s for ref, s in self._table.slot_of.items() if ref.device_id in device_ids]
         # A slot not known is never read: `_step` stores a whole new state in it.
         self._known[[s for s in slots if s < len(self._known)]] = False
-        if self._own_table:  # the engine releases its table's slots itself
-            self._table.release(device_ids)
+        self._bound.release(device_ids)
 
     def state_dict(self) -> dict[str, Any]:
         """As the per-device objects were saved before the state moved into arrays: keyed by
@@ -469,8 +467,7 @@ class Integrity(Detector):
             raise state_codec.StateError("integrity state: a clock and a map of devices expected")
         if not all(isinstance(k, DeviceRef) and isinstance(v, _Device) for k, v in views.items()):
             raise state_codec.StateError("integrity state: device states expected")
-        if self._table is None:
-            self._table, self._own_table = DeviceTable(), True
+        self._bound.for_records()  # a table of its own until the engine's comes
         try:
             self._put(views)
         except (TypeError, ValueError, OverflowError) as e:

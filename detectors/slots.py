@@ -152,12 +152,13 @@ class BoundTable:
         self.table: DeviceTable | None = None
         self.own = False  # made for `update`: the detector frees its slots itself
 
-    def bind(self, table: DeviceTable, *, own: bool = False) -> bool:
-        """Takes `table` if none is bound yet; True then (the detector places any state it
-        holds outside arrays, from a checkpoint, in the new slots)."""
+    def bind(self, table: DeviceTable, *, own: bool = False, over_own: bool = False) -> bool:
+        """Takes `table` if none is bound yet (or, with `over_own`, in place of a table of
+        the detector's own, whose state the detector moves over); True then (the detector
+        places in the new slots any state it holds outside them)."""
         if table is self.table:
             return False
-        if self.table is not None:
+        if self.table is not None and not (over_own and self.own):
             raise ValueError("this detector's state is indexed by another device table")
         self.table, self.own = table, own
         return True

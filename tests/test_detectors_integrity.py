@@ -223,7 +223,7 @@ def test_a_checkpoint_taken_mid_stream_continues_identically() -> None:
 def test_one_device_table_only_and_forget_resets_the_slots() -> None:
     det, table = make(), DeviceTable()
     det.update_columns(Columns.of(normal(20), table))
-    with pytest.raises(ValueError, match="one device table"):
+    with pytest.raises(ValueError, match="another device table"):
         det.update_columns(Columns.of(normal(1, start=T0 + 900, seq0=20), DeviceTable()))
     det.forget({TC.device_id})
     assert det.tracked_devices() == 0
