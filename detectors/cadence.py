@@ -180,9 +180,9 @@ class Cadence(Detector):
         return self._bound.table
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
-        if self._table is None:
-            self._bind(DeviceTable(), own=True)
-        return self.update_columns(columns_without_metrics(records, self._bound.for_records()))
+        table = self._bound.table or DeviceTable()
+        self._bind(table, own=True)  # nothing to do once bound
+        return self.update_columns(columns_without_metrics(records, table))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         self._bind(columns.table)
@@ -379,12 +379,13 @@ class Cadence(Detector):
         for slot, state in zip(slots, self.devices_.values(), strict=True):
             self._store(slot, state)
 
-    def _load_all(self) -> None:
+    def _each_device(self, move: Callable[[int, _Device], None]) -> None:
+        """`move` (`_load`: arrays to objects, `_store`: back) on every device's state."""
         if self._table is None:
             return
         slot_of = self._table.slot_of
         for device, state in self.devices_.items():
-            self._load(slot_of[device], state)
+            move(slot_of[device], state)
 
     def _slot(self, device: DeviceRef) -> int:
         assert self._table is not None
@@ -599,11 +600,11 @@ class Cadence(Detector):
 
     def state_dict(self) -> dict[str, Any]:
         """The former layout (every _Device with all its fields): keyed by device, not slot."""
-        self._load_all()
+        self._each_device(self._load)
         try:
             return super().state_dict()
         finally:
-            self._unload_all()
+            self._each_device(self._store)
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         learned = state_codec.unwrap(self.type_name, state)
@@ -616,13 +617,6 @@ class Cadence(Detector):
         self.clock_, self.devices_, self.heap_, self.started_ = clock, devices, heap, started
         self._zones = None
         self._store_all()
-
-    def _unload_all(self) -> None:
-        if self._table is None:
-            return
-        slot_of = self._table.slot_of
-        for device, state in self.devices_.items():
-            self._store(slot_of[device], state)
 
     def tracked_devices(self) -> int:
         return len(self.devices_)

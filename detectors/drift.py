@@ -195,9 +195,9 @@ class PeerDrift(Detector):
         return self._bound.table
 
     def update(self, records: Sequence[Record]) -> list[Transition]:
-        if self._table is None:
-            self._bind(DeviceTable(), own=True)
-        return self.update_columns(Columns.of(records, self._bound.for_records()))
+        table = self._bound.table or DeviceTable()
+        self._bind(table, own=True)  # nothing to do once bound
+        return self.update_columns(Columns.of(records, table))
 
     def update_columns(self, columns: Columns) -> list[Transition]:
         """Per record, as a loop would: the stream time (the latest ts) moves on; when its

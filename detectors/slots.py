@@ -32,7 +32,7 @@ class KeySpace:
     reports, so a table maps its numbers to slots once, not a DeviceRef per row."""
 
     refs: Sequence[DeviceRef]
-    infos: Sequence[Mapping[str, str]]
+    infos: Sequence[Mapping[str, str]]  # held so that `info_ids` stay these objects' ids
     info_ids: Ints
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from detectors.columns import Columns, Reports, Rows
+from detectors.columns import Columns, Reports
 from detectors.model import CommandRecord, Record, StatusRecord, Transition
 from sentinel import admission
 from sentinel.admission import Admission
@@ -160,24 +160,21 @@ class Pipeline:
 
     async def ingest(
         self,
-        records: Sequence[Record] | Reports | Columns,
+        records: Sequence[Record] | Columns,
         statuses: Sequence[StatusRecord] = (),
         now: float | None = None,
         commands: Sequence[CommandRecord] = (),
     ) -> list[Alert]:
         """Store and score records that are already valid: decoded telemetry (or reports as
-        columns), or features derived from traffic (sentinel.traffic) that enter the engine
-        like any telemetry."""
+        columns, on the engine's table), or features derived from traffic (sentinel.traffic)
+        that enter the engine like any telemetry."""
         rows = records.records if isinstance(records, Columns) else records
-        rows = Rows(rows) if isinstance(rows, Reports) else rows
         # Store before scoring: a detector failure must not cost the data.
         if self.store is not None and (rows or statuses or commands):
             await self.store.put(lines_for([*rows, *statuses, *commands]))
         changed: list[Alert] = []
         if isinstance(records, Columns):
             results = self.engine.process_columns(records, commands)
-        elif isinstance(records, Reports):
-            results = self.engine.process_reports(records, commands)
         else:
             results = self.engine.process(records, commands)
         for source, transitions in results:
